@@ -1,0 +1,261 @@
+"""Every option of one training run, as dataclasses, with validation.
+
+A run is described by one `Config`. Its sections group the options for reading,
+but every option name is unique across sections, so the flat form
+(`Config.to_flat()`, `Config.from_flat()`) uses bare names: `n_areas`, `lr`,
+`dataset`. Those names are the CLI flags (`--n-areas`), the keys of a sweep's
+search space and the MLflow parameter names, so one vocabulary serves all.
+
+This module imports only the standard library: the GPU machines and the data
+loaders use it without Ray, Optuna or MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+METHODS = ("sal", "bp", "moe")
+# The ten benchmarks of the paper (SAL_SPEC section 4). `sal_ray.data` holds the
+# loaders; a test keeps the two lists equal.
+DATASETS = ("cifar10", "pcam", "stl10", "svhn", "mnist", "fashion_mnist",
+            "digits", "usps", "semeion", "fer2013")
+ARCHS = ("mlp", "residual")
+ACTIVATIONS = ("relu", "tanh", "identity")
+ROUTED = ("first", "hidden", "all")
+AREA_INITS = ("independent", "shared")
+AREA_GRAD_SCALES = ("batch", "area")
+FEEDBACK_DISTS = ("gaussian", "uniform")
+DTYPES = ("float32", "float64")
+KERNELS = ("auto", "onehot", "gather", "sorted")
+
+
+class ConfigError(ValueError):
+    """A bad option: the message names the option and what is allowed."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"option '{option}': {message}")
+        self.option = option
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"        # one of DATASETS
+    data_root: str | None = None   # None: $SAL_RAY_DATA, else ~/.cache/sal_ray/data
+    download: bool = False         # fetch missing files (never in tests)
+
+
+@dataclass
+class ModelConfig:
+    method: str = "sal"            # sal | bp | moe (SAL_SPEC sections 1-3)
+    # mlp: every layer but the last uses `activation` (ReLU): the Convergence net.
+    # residual: first and last layers linear, hidden layers tanh + skip: Depth/Width.
+    arch: str = "mlp"
+    depth: int = 2                 # number of weight layers, input and output included
+    width: int = 256               # hidden width
+    activation: str | None = None  # hidden activation; None: relu for mlp, tanh for residual
+    n_areas: int = 1               # areas (SAL) or experts (MoE) on each routed layer
+    routed: str = "first"          # first: input layer only; hidden: all but the output; all
+    d_f: int | None = None         # router feature size; None: d_out of the layer
+    area_init: str = "independent"  # [choice] Kaiming per area, or one draw copied to all
+    moe_balance: float = 0.0       # [choice] Switch load-balancing loss coefficient
+
+
+@dataclass
+class SALConfig:
+    lambda_local: float = 1.0      # weight of the local class-space error
+    output_local: bool = True      # [choice] add the local term at the output layer too
+    feedback_dist: str = "gaussian"  # [choice] distribution of hidden layers' B
+    feedback_scale: float = 1.0    # [choice] B's std is feedback_scale / sqrt(d_out)
+    area_grad_scale: str = "batch"  # [choice] per-area gradient ÷ batch, or ÷ area count
+    lr_sel: float | None = None    # [choice] selector learning rate; None: lr
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4               # plain SGD, the paper's rate
+    batch_size: int = 16
+    epochs: int = 25
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "cpu"            # cpu, cuda, cuda:N, or auto
+    dtype: str = "float32"
+    kernel: str = "auto"           # routed matmul layout; all give the same math
+    eval_batch_size: int = 4096
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "sal": SALConfig,
+            "optim": OptimConfig, "run": RunConfig}
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sal: SALConfig = field(default_factory=SALConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ---- flat form -------------------------------------------------------
+    def to_flat(self) -> dict[str, Any]:
+        """All options by bare name, in section order."""
+        out: dict[str, Any] = {}
+        for section in SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, section)))
+        return out
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], base: Config | None = None) -> Config:
+        """Options by bare name over `base` (defaults if None). Strings are
+        coerced to the option's type, so CLI and MLflow values round-trip."""
+        cfg = dataclasses.replace(base) if base else cls()
+        cfg = cls(**{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
+        for name, value in flat.items():
+            section = OPTION_SECTION.get(name)
+            if section is None:
+                raise ConfigError(name, "unknown option" + _suggest(name, OPTION_SECTION))
+            setattr(getattr(cfg, section), name, coerce(name, value))
+        return cfg
+
+    def replace(self, **flat: Any) -> Config:
+        return Config.from_flat(flat, base=self)
+
+
+def _collect_options() -> tuple[dict[str, str], dict[str, dataclasses.Field]]:
+    where, info = {}, {}
+    for section, klass in SECTIONS.items():
+        for f in fields(klass):
+            assert f.name not in where, f"option {f.name} defined twice"
+            where[f.name], info[f.name] = section, f
+    return where, info
+
+
+OPTION_SECTION, OPTION_FIELDS = _collect_options()
+DEFAULTS = Config().to_flat()
+
+
+def _suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else f"; known: {', '.join(known)}"
+
+
+def option_type(name: str) -> str:
+    """'int', 'float', 'bool' or 'str', ignoring `| None`."""
+    t = str(OPTION_FIELDS[name].type)
+    for base in ("bool", "int", "float", "str"):
+        if t.startswith(base):
+            return base
+    raise AssertionError(t)
+
+
+def optional(name: str) -> bool:
+    return "None" in str(OPTION_FIELDS[name].type)
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert `value` to option `name`'s type, with a clear error."""
+    kind = option_type(name)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional(name):
+            return None
+        raise ConfigError(name, f"must be a {kind}, got {value!r}")
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value, 10)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"must be a {kind}, got {value!r}") from None
+
+
+# ---- validation --------------------------------------------------------------
+
+def _one_of(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(name, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _positive(name: str, value: float, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        kind = "a positive integer" if integer else "a positive finite number"
+        raise ConfigError(name, f"must be {kind}; got {value!r}")
+
+
+def validate(cfg: Config, n_classes: int | None = None) -> Config:
+    """Raise ConfigError for the first bad option. Runs before any work starts.
+
+    `n_classes`, once the dataset is known, enables the router check d_f >= C.
+    """
+    m, s, o, r, d = cfg.model, cfg.sal, cfg.optim, cfg.run, cfg.data
+    for name in DEFAULTS:  # types first, so later checks can trust them
+        value = getattr(getattr(cfg, OPTION_SECTION[name]), name)
+        if value is not None or not optional(name):
+            coerced = coerce(name, value)
+            if type(coerced) is not type(value) and not (
+                    option_type(name) == "float" and isinstance(value, int)
+                    and not isinstance(value, bool)):
+                raise ConfigError(name, f"must be a {option_type(name)}, got {value!r}")
+    _one_of("method", m.method, METHODS)
+    _one_of("dataset", d.dataset, DATASETS)
+    _one_of("arch", m.arch, ARCHS)
+    if m.activation is not None:
+        _one_of("activation", m.activation, ACTIVATIONS)
+    _one_of("routed", m.routed, ROUTED)
+    _one_of("area_init", m.area_init, AREA_INITS)
+    _one_of("feedback_dist", s.feedback_dist, FEEDBACK_DISTS)
+    _one_of("area_grad_scale", s.area_grad_scale, AREA_GRAD_SCALES)
+    _one_of("dtype", r.dtype, DTYPES)
+    _one_of("kernel", r.kernel, KERNELS)
+    if not (r.device in ("cpu", "cuda", "auto") or r.device.startswith("cuda:")):
+        raise ConfigError("device", f"must be cpu, cuda, cuda:N or auto; got {r.device!r}")
+    if m.depth < 2:
+        raise ConfigError("depth", f"must be an integer >= 2 (input and output layers); got {m.depth}")
+    _positive("width", m.width, integer=True)
+    if m.n_areas < 1:
+        raise ConfigError("n_areas", f"must be an integer >= 1; got {m.n_areas}")
+    if m.method == "bp" and m.n_areas != 1:
+        raise ConfigError("n_areas", f"the bp baseline has one area and no router; got {m.n_areas} "
+                          "(use method sal or moe for several areas)")
+    if m.d_f is not None:
+        _positive("d_f", m.d_f, integer=True)
+        if n_classes is not None and m.d_f < n_classes:
+            raise ConfigError("d_f", f"the selector treats z as class logits, so d_f must be >= "
+                              f"the {n_classes} classes; got {m.d_f}")
+    if m.moe_balance < 0 or not math.isfinite(m.moe_balance):
+        raise ConfigError("moe_balance", f"must be a finite number >= 0; got {m.moe_balance}")
+    if not math.isfinite(s.lambda_local) or s.lambda_local < 0:
+        raise ConfigError("lambda_local", f"must be a finite number >= 0; got {s.lambda_local}")
+    _positive("feedback_scale", s.feedback_scale)
+    _positive("lr", o.lr)
+    if s.lr_sel is not None:
+        _positive("lr_sel", s.lr_sel)
+    _positive("batch_size", o.batch_size, integer=True)
+    _positive("epochs", o.epochs, integer=True)
+    _positive("eval_batch_size", r.eval_batch_size, integer=True)
+    return cfg

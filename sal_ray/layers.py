@@ -1,0 +1,185 @@
+"""Routed layers: areas (or experts), the routers that pick one per sample, and
+the routed matmul kernels. Imports only torch.
+
+Shapes carry their names: B batch, I layer input, O layer output, N areas,
+F router features. `areas_B` holds one area index per sample.
+
+Every kernel computes the same thing,
+
+    u_BO[i] = x_BI[i] @ W_NIO[areas_B[i]] + b_NO[areas_B[i]],
+
+and its weight gradient, ΔW[k] = Σ_{i: areas_B[i]=k} x_i^T δ_i. They differ
+only in layout, which decides speed:
+
+- onehot: scatter x into an (B, N·I) block-one-hot matrix, then one GEMM against
+  W viewed as (N·I, O). N× the FLOPs, but one launch and no host sync: fastest
+  while N·B·I·O is small (the paper's batch-16, width-256 nets).
+- gather: W[areas] as (B, I, O), then a batched product. B·I·O bytes of copy.
+- sorted: stable sort by area, one GEMM per used area. Optimal FLOPs; one host
+  sync for the group sizes. For large widths and batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# Below this many multiply-adds the one-GEMM layout wins (see benchmarks/step.py).
+ONEHOT_MAX_MACS = 1 << 22
+GATHER_MAX_ELEMS = 1 << 21
+
+
+def pick_kernel(kernel: str, n_areas: int, batch: int, d_in: int, d_out: int) -> str:
+    if n_areas == 1:
+        return "dense"
+    if kernel != "auto":
+        return kernel
+    if n_areas * batch * d_in * d_out <= ONEHOT_MAX_MACS:
+        return "onehot"
+    if batch * d_in * d_out <= GATHER_MAX_ELEMS:
+        return "gather"
+    return "sorted"
+
+
+def _onehot_rows(x_BI: torch.Tensor, areas_B: torch.Tensor, n_areas: int) -> torch.Tensor:
+    """(B, N·I) with x_i in block areas_B[i] and zeros elsewhere."""
+    B, I = x_BI.shape
+    index = areas_B.view(B, 1, 1).expand(B, 1, I)
+    x_BNI = x_BI.new_zeros(B, n_areas, I).scatter(1, index, x_BI.unsqueeze(1))
+    return x_BNI.view(B, n_areas * I)
+
+
+def _sorted_groups(areas_B: torch.Tensor, n_areas: int):
+    order_B = torch.argsort(areas_B, stable=True)
+    counts = torch.bincount(areas_B, minlength=n_areas).tolist()  # the one host sync
+    return order_B, counts
+
+
+def routed_linear(x_BI, weight_NIO, bias_NO, areas_B, kernel: str = "auto"):
+    """u_BO = x W[area] + b[area] per sample. Differentiable in x, W and b."""
+    N, I, O = weight_NIO.shape
+    B = x_BI.shape[0]
+    kind = pick_kernel(kernel, N, B, I, O)
+    if kind == "dense":
+        return torch.addmm(bias_NO[0], x_BI, weight_NIO[0])
+    if kind == "onehot":
+        return torch.addmm(bias_NO[areas_B], _onehot_rows(x_BI, areas_B, N),
+                           weight_NIO.view(N * I, O))
+    if kind == "gather":
+        u_BO = torch.bmm(x_BI.unsqueeze(1), weight_NIO[areas_B]).squeeze(1)
+        return u_BO + bias_NO[areas_B]
+    order_B, counts = _sorted_groups(areas_B, N)
+    xs_BI = x_BI[order_B]
+    pieces = [torch.addmm(bias_NO[k], xk, weight_NIO[k])
+              for k, xk in enumerate(torch.split(xs_BI, counts)) if counts[k]]
+    out_BO = torch.empty(B, O, dtype=x_BI.dtype, device=x_BI.device)
+    return out_BO.index_copy(0, order_B, torch.cat(pieces))
+
+
+def routed_weight_grad(x_BI, delta_BO, areas_B, n_areas: int, kernel: str = "auto"):
+    """(ΔW_NIO, Δb_NO): per-area sums of x_i^T δ_i and δ_i. Areas no sample
+    chose get exact zeros, so plain SGD leaves them bit-identical."""
+    B, I = x_BI.shape
+    O = delta_BO.shape[1]
+    kind = pick_kernel(kernel, n_areas, B, I, O)
+    if kind == "dense":
+        return (x_BI.T @ delta_BO).unsqueeze(0), delta_BO.sum(0, keepdim=True)
+    db_NO = delta_BO.new_zeros(n_areas, O).index_add_(0, areas_B, delta_BO)
+    if kind == "onehot":
+        dW = _onehot_rows(x_BI, areas_B, n_areas).T @ delta_BO
+        return dW.view(n_areas, I, O), db_NO
+    if kind == "gather":
+        outer_BIO = x_BI.unsqueeze(2) * delta_BO.unsqueeze(1)
+        return delta_BO.new_zeros(n_areas, I, O).index_add_(0, areas_B, outer_BIO), db_NO
+    order_B, counts = _sorted_groups(areas_B, n_areas)
+    dW_NIO = delta_BO.new_zeros(n_areas, I, O)
+    xs = torch.split(x_BI[order_B], counts)
+    ds = torch.split(delta_BO[order_B], counts)
+    for k in range(n_areas):
+        if counts[k]:
+            torch.mm(xs[k].T, ds[k], out=dW_NIO[k])
+    return dW_NIO, db_NO
+
+
+ACT_GAIN = {"relu": math.sqrt(2.0), "tanh": 5.0 / 3.0, "identity": 1.0}
+
+
+def activate(name: str, u: torch.Tensor) -> torch.Tensor:
+    if name == "relu":
+        return torch.relu(u)
+    if name == "tanh":
+        return torch.tanh(u)
+    return u
+
+
+def activation_grad(name: str, u: torch.Tensor, phi_u: torch.Tensor) -> torch.Tensor | float:
+    """φ'(u), reusing φ(u) where that is cheaper."""
+    if name == "relu":
+        return (u > 0).to(u.dtype)
+    if name == "tanh":
+        return 1.0 - phi_u * phi_u
+    return 1.0
+
+
+def seeded(seed: int, *path: int) -> torch.Generator:
+    """A generator for one tensor, keyed by (seed, path): each tensor's draw is
+    independent of every other tensor's shape, so SAL-1, SAL-16 and BP built
+    from one seed share area 0's initial weights exactly."""
+    key = seed
+    for p in path:
+        key = (key * 1_000_003 + p + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(key)
+
+
+class Areas(nn.Module):
+    """N independent affine maps d_in → d_out (N = 1: a plain linear layer)."""
+
+    def __init__(self, n_areas: int, d_in: int, d_out: int, gain: float,
+                 shared_init: bool, gen: torch.Generator):
+        super().__init__()
+        # Kaiming normal, fan-in mode: std = gain / sqrt(d_in). Biases start at zero.
+        std = gain / math.sqrt(d_in)
+        draws = 1 if shared_init else n_areas
+        w = torch.randn(draws, d_in, d_out, generator=gen, dtype=torch.float64) * std
+        self.weight = nn.Parameter(w.expand(n_areas, d_in, d_out).clone().float())
+        self.bias = nn.Parameter(torch.zeros(n_areas, d_out))
+
+    @property
+    def n_areas(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x_BI, areas_B, kernel="auto"):
+        return routed_linear(x_BI, self.weight, self.bias, areas_B, kernel)
+
+
+class Selector(nn.Module):
+    """SAL's router: z = x W_s (trained by the selector loss only),
+    p = z W_fix (random, frozen: a buffer), area = argmax p."""
+
+    def __init__(self, d_in: int, d_f: int, n_areas: int, gen: torch.Generator):
+        super().__init__()
+        w_s = torch.randn(d_in, d_f, generator=gen, dtype=torch.float64) / math.sqrt(d_in)
+        w_fix = torch.randn(d_f, n_areas, generator=gen, dtype=torch.float64) / math.sqrt(d_f)
+        self.weight = nn.Parameter(w_s.float())
+        self.register_buffer("prototypes", w_fix.float())
+
+    def forward(self, x_BI):
+        z_BF = x_BI @ self.weight
+        areas_B = torch.argmax(z_BF @ self.prototypes, dim=1)
+        return z_BF, areas_B
+
+
+class Gate(nn.Module):
+    """MoE's router: g = softmax(x W_g), top-1 expert, trained end to end."""
+
+    def __init__(self, d_in: int, n_experts: int, gen: torch.Generator):
+        super().__init__()
+        w_g = torch.randn(d_in, n_experts, generator=gen, dtype=torch.float64) / math.sqrt(d_in)
+        self.weight = nn.Parameter(w_g.float())
+
+    def forward(self, x_BI):
+        g_BN = torch.softmax(x_BI @ self.weight, dim=1)
+        g_B, areas_B = g_BN.max(dim=1)
+        return g_BN, g_B, areas_B
