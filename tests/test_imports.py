@@ -1,0 +1,45 @@
+"""The one direction of flow: the core never imports the orchestration engines."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+PKG = pathlib.Path(__file__).resolve().parents[1] / "sal_ray"
+CORE = ["config", "layers", "models", "rules", "train", "data", "cli", "__init__"]
+ALLOWED_THIRD_PARTY = {"torch", "numpy", "sklearn", "torchvision", "scipy", "h5py", "PIL"}
+ENGINES = {"ray", "optuna", "mlflow"}
+
+
+def imported_roots(path: pathlib.Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def core_files():
+    for name in CORE:
+        p = PKG / f"{name}.py"
+        yield from ([p] if p.exists() else sorted((PKG / name).rglob("*.py")))
+
+
+def test_core_imports_only_torch_numpy_sklearn_torchvision():
+    stdlib = set(sys.stdlib_module_names)
+    for path in core_files():
+        third = imported_roots(path) - stdlib - {"sal_ray"}
+        assert third <= ALLOWED_THIRD_PARTY, f"{path.name} imports {third - ALLOWED_THIRD_PARTY}"
+
+
+def test_core_trains_with_the_engines_unimportable():
+    code = ("import sys\n"
+            "for m in ('ray', 'optuna', 'mlflow'): sys.modules[m] = None\n"
+            "import sal_ray\n"
+            "r = sal_ray.train(epochs=1, width=16, verbose=False)\n"
+            "assert r.status == 'completed'\n"
+            "assert not any(m.split('.')[0] in ('ray', 'optuna', 'mlflow') and sys.modules[m]\n"
+            "               for m in list(sys.modules))\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

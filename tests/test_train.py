@@ -1,0 +1,88 @@
+import math
+
+import torch
+
+from sal_ray import Callback, Config, fit
+from sal_ray.train import load_checkpoint, build
+
+TINY = dict(width=32, epochs=2, batch_size=32)
+
+
+class Record(Callback):
+    def __init__(self):
+        self.started, self.epochs, self.ended = 0, [], None
+
+    def on_start(self, run):
+        self.started += 1
+
+    def on_epoch(self, metrics):
+        self.epochs.append(metrics)
+
+    def on_end(self, result):
+        self.ended = result
+
+
+def test_same_seed_runs_are_bit_identical():
+    cfg = Config().replace(n_areas=4, **TINY)
+    a, b = fit(cfg), fit(cfg)
+    for (k, x), (_, y) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
+        assert torch.equal(x, y), k
+    strip = lambda h: [{k: v for k, v in m.items() if "time" not in k and "per_s" not in k}
+                       for m in h]
+    assert strip(a.history) == strip(b.history)
+    c = fit(cfg.replace(seed=1))
+    assert not torch.equal(c.net.layers[0].areas.weight, a.net.layers[0].areas.weight)
+
+
+def test_reports_every_epoch_with_usage():
+    rec = Record()
+    result = fit(Config().replace(n_areas=4, **TINY), [rec])
+    assert rec.started == 1 and rec.ended is result and result.status == "completed"
+    assert [m["epoch"] for m in rec.epochs] == [1, 2]
+    m = rec.epochs[-1]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "samples_per_s",
+                "epoch_time_s", "wall_time_s", "areas_used.l0"):
+        assert math.isfinite(m[key]), key
+    shares = [m[f"area_share.l0.a{k}"] for k in range(4)]
+    assert abs(sum(shares) - 1) < 1e-9
+    assert m["areas_used.l0"] == sum(s > 0 for s in shares)
+    assert result.config["params_total"] > result.config["params_active"]
+
+
+def test_divergence_ends_with_a_status_not_nan_metrics():
+    rec = Record()
+    # SAL's error is bounded, so its weights grow only linearly: it takes a huge
+    # rate to overflow them; BP diverges from lr ~1e3 on.
+    result = fit(Config().replace(lr=1e30, **TINY), [rec])
+    assert result.status == "diverged" and "non-finite" in result.message
+    for m in rec.epochs:
+        assert all(math.isfinite(v) for v in m.values())
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    cfg = Config().replace(method="moe", n_areas=4, width=32, epochs=3, batch_size=32)
+    whole = fit(cfg)
+    first = fit(cfg.replace(epochs=1), checkpoint_dir=str(tmp_path))
+    assert len(first.history) == 1
+    rest = fit(cfg, checkpoint_dir=str(tmp_path))
+    assert [m["epoch"] for m in rest.history] == [1, 2, 3]
+    for (k, x), (_, y) in zip(whole.net.state_dict().items(), rest.net.state_dict().items()):
+        assert torch.equal(x, y), k
+    assert rest.history[-1]["val_loss"] == whole.history[-1]["val_loss"]
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    fit(Config().replace(n_areas=2, **TINY), checkpoint_dir=str(tmp_path))
+    run = build(Config().replace(n_areas=4, **TINY))
+    try:
+        load_checkpoint(run, str(tmp_path))
+    except ValueError as e:
+        assert "n_areas" in str(e)
+    else:
+        raise AssertionError("loaded a checkpoint of another configuration")
+
+
+def test_all_methods_learn_digits_a_little():
+    for method, n in [("bp", 1), ("sal", 4), ("moe", 4)]:
+        r = fit(Config().replace(method=method, n_areas=n, lr=0.05, width=64, epochs=2))
+        assert r.final["val_acc"] > 0.5, (method, r.final["val_acc"])
