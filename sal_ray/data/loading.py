@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .preprocess import stratified_split, zscore_fit
+from . import cache, sources
+from .preprocess import normalise_pixels, stratified_split, zscore_fit
 from .registry import DATASETS_INFO, SPLIT_SEED, VAL_FRACTION, DatasetInfo
 
 ENV_ROOT = "SAL_RAY_DATA"
@@ -39,6 +40,12 @@ class Splits:
     def n_samples(self) -> int:
         return len(self.y_train) + len(self.y_val)
 
+    def to(self, device: torch.device | str) -> Splits:
+        """The same splits on `device` (one copy per tensor, before training)."""
+        return Splits(self.name, self.x_train.to(device), self.y_train.to(device),
+                      self.x_val.to(device), self.y_val.to(device),
+                      self.n_classes, self.input_dim)
+
 
 def info(name: str) -> DatasetInfo:
     try:
@@ -54,29 +61,157 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def dataset_folder(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Where `name`'s files go: `<root>/<name>/` (the root given to torchvision)."""
+    return data_root(root) / info(name).folder
+
+
 def load(name: str, root: str | None = None, download: bool = False, *,
-         expected_samples: int | None = None) -> Splits:
+         expected_samples: int | None = None, verify_md5: bool = True) -> Splits:
     """The dataset's train and validation splits, preprocessed, on the CPU.
 
-    `expected_samples` overrides the spec's sample count (tests and custom
-    subsets only); a count that differs raises DataError.
+    Uses the on-disk cache when it is valid; otherwise reads the raw files
+    (fetching them first if `download`), preprocesses, checks the sample count
+    and writes the cache. `expected_samples` replaces the spec's count (tests,
+    custom subsets); `verify_md5` compares files against torchvision's recorded
+    MD5 of the official release when building the cache.
     """
     meta = info(name)
     if name == "digits":
         splits = _load_digits()
+        _check_count(meta, splits.n_samples, expected_samples)
+        return splits
+    arrays = _cached_or_built(meta, dataset_folder(name, root), download,
+                              expected_samples, verify_md5)
+    (x_tr, y_tr), (x_va, y_va) = arrays["train"], arrays["val"]
+    return Splits(name, normalise_pixels(x_tr), y_tr, normalise_pixels(x_va), y_va,
+                  n_classes=meta.n_classes, input_dim=meta.input_dim)
+
+
+def _cached_or_built(meta: DatasetInfo, folder: Path, download: bool,
+                     expected: int | None, verify_md5: bool):
+    files = complete_file_set(meta, folder)
+    source = cache.fingerprint(folder, files) if files else None
+    cached = cache.read(meta, folder, source)
+    if cached is not None:
+        _check_count(meta, sum(len(y) for _, y in cached.values()), expected,
+                     where=f"the cache in {folder / cache.CACHE_DIR}")
+        return cached
+    if files is None:
+        if download and meta.downloadable:
+            _download(meta, folder)
+            files = complete_file_set(meta, folder)
+        if files is None:
+            raise missing_error(meta, folder, download)
+    if verify_md5:
+        _verify_md5(meta, folder, files)
+    try:
+        arrays = sources.READERS[meta.name](folder)
+        sources.check_arrays(meta, arrays)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(
+            f"dataset {meta.name!r}: could not read {', '.join(files)} in {folder}: "
+            f"{type(exc).__name__}: {exc}. A file is corrupt, truncated or not in the "
+            f"expected format; replace it (source: {meta.url})") from exc
+    _check_count(meta, sum(len(y) for _, y in arrays.values()), expected,
+                 where=f"the files in {folder}")
+    cache.write(meta, folder, arrays, cache.fingerprint(folder, files))
+    return {s: (torch.from_numpy(x), torch.from_numpy(y)) for s, (x, y) in arrays.items()}
+
+
+def complete_file_set(meta: DatasetInfo, folder: Path) -> tuple[str, ...] | None:
+    """The first complete set of raw files present, or None."""
+    for files in meta.file_sets:
+        if all((folder / f).is_file() for f in files):
+            return files
+    return None
+
+
+def missing_error(meta: DatasetInfo, folder: Path, download: bool,
+                  reason: str | None = None) -> DataError:
+    def listing(files):
+        return "\n".join(f"  {f}{'' if (folder / f).is_file() else '   [missing]'}" for f in files)
+
+    files_text = "\nor this one:\n".join(listing(fs) for fs in meta.file_sets)
+    if reason:
+        why = f"download failed ({reason})"
+    elif download and not meta.downloadable:
+        why = "it cannot be downloaded automatically"
     else:
-        raise DataError(f"dataset {name!r}: loader not implemented yet")
-    _check_count(meta, splits.n_samples, expected_samples)
-    return splits
+        why = "download is off"
+    how = (f"or fetch them with `sal-ray data prepare {meta.name} --download` "
+           "(or load(..., download=True))" if meta.downloadable else
+           "they must be fetched by hand")
+    return DataError(
+        f"dataset {meta.name!r} ({meta.title}) is not on disk and {why}.\n"
+        f"Put these files in the directory {folder}:\n{files_text}\n"
+        f"Source: {meta.url}; {how}. "
+        f"The data root is the `root` argument, else ${ENV_ROOT}, else {DEFAULT_ROOT}.")
 
 
-def _check_count(meta: DatasetInfo, got: int, expected: int | None) -> None:
+def _download(meta: DatasetInfo, folder: Path) -> None:
+    try:
+        sources.download(meta, folder)
+    except Exception as exc:  # no network, gdown missing, bad MD5, ...
+        raise missing_error(meta, folder, True, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _verify_md5(meta: DatasetInfo, folder: Path, files: tuple[str, ...]) -> None:
+    from torchvision.datasets.utils import calculate_md5
+
+    official = sources.official_md5(meta.name)
+    for rel in files:
+        want = official.get(rel)
+        if want is None:
+            continue
+        got = calculate_md5(str(folder / rel))
+        if got != want:
+            raise DataError(
+                f"dataset {meta.name!r}: {folder / rel} has MD5 {got}, but the official file "
+                f"has {want} (recorded by torchvision). The file is corrupt, truncated or "
+                f"from another release: replace it (source: {meta.url}), or pass "
+                "verify_md5=False / --no-verify-md5 if you trust it (the sample count is "
+                "still checked).")
+
+
+def check_available(name: str, root: str | None = None, download: bool = False) -> None:
+    """Raise DataError now, before any training, if `load` could not find the
+    data. With `download`, fetches missing files (so failures show up here)."""
+    meta = info(name)
+    if name == "digits":
+        return
+    folder = dataset_folder(name, root)
+    if cache.present(folder) or complete_file_set(meta, folder) is not None:
+        return
+    if download and meta.downloadable:
+        _download(meta, folder)
+        if complete_file_set(meta, folder) is not None:
+            return
+    raise missing_error(meta, folder, download)
+
+
+def status(name: str, root: str | None = None) -> str:
+    """'bundled', 'cached', 'raw files' or 'missing' (no file is read)."""
+    meta = info(name)
+    if not meta.needs_files:
+        return "bundled"
+    folder = dataset_folder(name, root)
+    if cache.present(folder):
+        return "cached"
+    return "raw files" if complete_file_set(meta, folder) is not None else "missing"
+
+
+def _check_count(meta: DatasetInfo, got: int, expected: int | None,
+                 where: str = "scikit-learn") -> None:
     want = meta.n_samples if expected is None else expected
     if got != want:
+        origin = "the spec's Table 1" if expected is None else "expected_samples"
         raise DataError(
-            f"dataset {meta.name!r}: found {got:,} samples, expected {want:,} "
-            f"({'spec Table 1' if expected is None else 'expected_samples'}); "
-            "the files are incomplete, truncated or a different version")
+            f"dataset {meta.name!r}: {where} hold {got:,} samples, but {origin} says "
+            f"{want:,}. The files are incomplete, truncated or a different version "
+            f"(source: {meta.url}).")
 
 
 def _load_digits() -> Splits:
