@@ -32,8 +32,8 @@ FORMAT = "sal_ray.data.cache"
 SPLITS = ("train", "val")
 
 
-def cache_path(folder: Path, split: str, version: int = PREPROC_VERSION) -> Path:
-    return folder / CACHE_DIR / f"{split}-v{version}.pt"
+def cache_path(folder: Path, split: str, version: int | None = None) -> Path:
+    return folder / CACHE_DIR / f"{split}-v{PREPROC_VERSION if version is None else version}.pt"
 
 
 def _crc(t: torch.Tensor) -> int:
