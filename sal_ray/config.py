@@ -27,6 +27,7 @@ ARCHS = ("mlp", "residual")
 ACTIVATIONS = ("relu", "tanh", "identity")
 ROUTED = ("first", "hidden", "all")
 AREA_INITS = ("independent", "shared")
+INITS = ("kaiming_normal", "torch_linear")
 AREA_GRAD_SCALES = ("batch", "area")
 FEEDBACK_DISTS = ("gaussian", "uniform")
 DTYPES = ("float32", "float64")
@@ -61,6 +62,7 @@ class ModelConfig:
     routed: str = "first"          # first: input layer only; hidden: all but the output; all
     d_f: int | None = None         # router feature size; None: d_out of the layer
     area_init: str = "independent"  # [choice] Kaiming per area, or one draw copied to all
+    init: str = "kaiming_normal"   # [choice] He normal (gain of the activation), or torch_linear
     moe_balance: float = 0.0       # [choice] Switch load-balancing loss coefficient
 
 
@@ -228,6 +230,7 @@ def validate(cfg: Config, n_classes: int | None = None) -> Config:
         _one_of("activation", m.activation, ACTIVATIONS)
     _one_of("routed", m.routed, ROUTED)
     _one_of("area_init", m.area_init, AREA_INITS)
+    _one_of("init", m.init, INITS)
     _one_of("feedback_dist", s.feedback_dist, FEEDBACK_DISTS)
     _one_of("area_grad_scale", s.area_grad_scale, AREA_GRAD_SCALES)
     _one_of("dtype", r.dtype, DTYPES)
@@ -259,3 +262,39 @@ def validate(cfg: Config, n_classes: int | None = None) -> Config:
     _positive("epochs", o.epochs, integer=True)
     _positive("eval_batch_size", r.eval_batch_size, integer=True)
     return cfg
+
+
+HELP = {
+    "dataset": "dataset name: " + ", ".join(DATASETS),
+    "data_root": "folder holding the datasets (default: $SAL_RAY_DATA or ~/.cache/sal_ray/data)",
+    "download": "download missing dataset files where the source allows it",
+    "method": "learning rule: sal (SAL), bp (backprop baseline) or moe (top-1 MoE by backprop)",
+    "arch": "mlp: ReLU layers (Convergence protocol); residual: linear, tanh+skip, linear "
+            "(Depth/Width protocols)",
+    "depth": "number of weight layers, input and output included (>= 2)",
+    "width": "hidden width",
+    "activation": "hidden activation (relu, tanh, identity); default relu for mlp, tanh for residual",
+    "n_areas": "areas (sal) or experts (moe) per routed layer; bp needs 1",
+    "routed": "which layers are routed: first (input layer), hidden (all but output), all",
+    "d_f": "router feature size (>= classes); default: the layer's output size",
+    "area_init": "[choice] independent Kaiming draw per area, or shared (one draw copied)",
+    "init": "[choice] area weight init: kaiming_normal (std gain/sqrt(fan_in), zero bias) or "
+            "torch_linear (nn.Linear's default: kaiming_uniform a=sqrt(5), uniform bias)",
+    "moe_balance": "[choice] Switch load-balancing loss coefficient for moe",
+    "lambda_local": "weight of SAL's local class-space error",
+    "output_local": "[choice] add the local term at the output layer too (B = I doubles E_top)",
+    "feedback_dist": "[choice] distribution of hidden layers' fixed feedback B: gaussian, uniform",
+    "feedback_scale": "[choice] B's std is feedback_scale / sqrt(d_out)",
+    "area_grad_scale": "[choice] per-area gradient divided by the batch size (batch) or by the "
+                       "area's sample count (area)",
+    "lr_sel": "[choice] SAL selector learning rate (default: lr)",
+    "lr": "SGD learning rate",
+    "batch_size": "training batch size",
+    "epochs": "training epochs",
+    "seed": "seed of initialisation, feedback matrices and data order",
+    "device": "cpu, cuda, cuda:N or auto",
+    "dtype": "float32 or float64",
+    "kernel": "routed-matmul layout: auto, onehot, gather, sorted (same math, different speed)",
+    "eval_batch_size": "batch size for evaluation",
+}
+assert set(HELP) == set(OPTION_SECTION), set(OPTION_SECTION) ^ set(HELP)

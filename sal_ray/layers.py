@@ -137,14 +137,20 @@ class Areas(nn.Module):
     """N independent affine maps d_in → d_out (N = 1: a plain linear layer)."""
 
     def __init__(self, n_areas: int, d_in: int, d_out: int, gain: float,
-                 shared_init: bool, gen: torch.Generator):
+                 shared_init: bool, gen: torch.Generator, init: str = "kaiming_normal"):
         super().__init__()
-        # Kaiming normal, fan-in mode: std = gain / sqrt(d_in). Biases start at zero.
-        std = gain / math.sqrt(d_in)
         draws = 1 if shared_init else n_areas
-        w = torch.randn(draws, d_in, d_out, generator=gen, dtype=torch.float64) * std
+        if init == "kaiming_normal":
+            # He normal, fan-in mode: std = gain / sqrt(d_in). Biases start at zero.
+            w = torch.randn(draws, d_in, d_out, generator=gen, dtype=torch.float64)
+            w = w * (gain / math.sqrt(d_in))
+            b = torch.zeros(draws, d_out, dtype=torch.float64)
+        else:  # torch_linear: nn.Linear's default, U(±1/sqrt(d_in)) for weight and bias
+            bound = 1.0 / math.sqrt(d_in)
+            w = (torch.rand(draws, d_in, d_out, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+            b = (torch.rand(draws, d_out, generator=gen, dtype=torch.float64) * 2 - 1) * bound
         self.weight = nn.Parameter(w.expand(n_areas, d_in, d_out).clone().float())
-        self.bias = nn.Parameter(torch.zeros(n_areas, d_out))
+        self.bias = nn.Parameter(b.expand(n_areas, d_out).clone().float())
 
     @property
     def n_areas(self) -> int:

@@ -84,12 +84,13 @@ class Architecture:
 
 class Layer(nn.Module):
     def __init__(self, spec: LayerSpec, method: str, arch: Architecture, index: int,
-                 seed: int, shared_init: bool, feedback_dist: str, feedback_scale: float):
+                 seed: int, shared_init: bool, feedback_dist: str, feedback_scale: float,
+                 init: str = "kaiming_normal"):
         super().__init__()
         self.spec, self.method = spec, method
         self.is_output = index == len(arch.layers) - 1
         self.areas = Areas(spec.n_areas, spec.d_in, spec.d_out, ACT_GAIN[spec.activation],
-                           shared_init, seeded(seed, index, 0))
+                           shared_init, seeded(seed, index, 0), init)
         self.router: nn.Module | None = None
         if spec.n_areas > 1 and method == "sal":
             self.router = Selector(spec.d_in, arch.features(spec), spec.n_areas,
@@ -124,11 +125,12 @@ class Layer(nn.Module):
 class Net(nn.Module):
     def __init__(self, arch: Architecture, method: str, seed: int = 0,
                  area_init: str = "independent", feedback_dist: str = "gaussian",
-                 feedback_scale: float = 1.0, kernel: str = "auto"):
+                 feedback_scale: float = 1.0, kernel: str = "auto", init: str = "kaiming_normal"):
         super().__init__()
         self.arch, self.method, self.kernel = arch, method, kernel
         self.layers = nn.ModuleList(
-            Layer(spec, method, arch, i, seed, area_init == "shared", feedback_dist, feedback_scale)
+            Layer(spec, method, arch, i, seed, area_init == "shared", feedback_dist,
+                  feedback_scale, init)
             for i, spec in enumerate(arch.layers))
 
     def forward(self, x_BI: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
@@ -159,7 +161,7 @@ class Net(nn.Module):
 def build_net(cfg: Config, input_dim: int, n_classes: int) -> Net:
     arch = Architecture.from_config(cfg, input_dim, n_classes)
     return Net(arch, cfg.model.method, cfg.run.seed, cfg.model.area_init,
-               cfg.sal.feedback_dist, cfg.sal.feedback_scale, cfg.run.kernel)
+               cfg.sal.feedback_dist, cfg.sal.feedback_scale, cfg.run.kernel, cfg.model.init)
 
 
 @dataclass

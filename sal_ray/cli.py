@@ -1,0 +1,111 @@
+"""`sal-ray`: the command line. Nothing imports this module.
+
+    sal-ray train --method sal --dataset digits --n-areas 16 --epochs 25
+    sal-ray params --arch residual --depth 64 --width 4096 --n-areas 4 --routed hidden
+    sal-ray data list | data prepare NAME...
+    sal-ray report ... | ui ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .config import DEFAULTS, HELP, Config, ConfigError, option_type, optional
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per trainer option, named after it (n_areas -> --n-areas)."""
+    for name, default in DEFAULTS.items():
+        flag = "--" + name.replace("_", "-")
+        kind = option_type(name)
+        shown = "auto" if default is None else default
+        if kind == "bool":
+            parser.add_argument(flag, dest=name, default=None, metavar="{true,false}",
+                                help=f"{HELP[name]} (default: {shown})")
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=kind.upper(),
+                                help=f"{HELP[name]} (default: {shown})"
+                                + ("; 'none' for auto" if optional(name) else ""))
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    return Config.from_flat(given)
+
+
+def summary_table(result) -> str:
+    f, c = result.final, result.config
+    rows = [("method", c["method"]), ("dataset", c["dataset"]), ("status", result.status),
+            ("epochs run", f"{len(result.history)}/{c['epochs']}")]
+    if f:
+        best = max(m["val_acc"] for m in result.history)
+        rows += [("final train loss", f"{f['train_loss']:.4f}"),
+                 ("final val loss", f"{f['val_loss']:.4f}"),
+                 ("final val acc", f"{100 * f['val_acc']:.2f}%"),
+                 ("best val acc", f"{100 * best:.2f}%"),
+                 ("samples/s (last epoch)", f"{f['samples_per_s']:,.0f}"),
+                 ("wall time", f"{f['wall_time_s']:.1f} s")]
+        rows += [(f"areas used, layer {k.split('.l')[1]}", f"{int(v)}/{c['n_areas']}")
+                 for k, v in f.items() if k.startswith("areas_used.")]
+    rows += [("params active / total", f"{c['params_active']:,} / {c['params_total']:,}"),
+             ("params router / fixed", f"{c['params_router']:,} / {c['params_fixed']:,}")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def cmd_train(args) -> int:
+    from .train import train
+    result = train(config_from_args(args), verbose=True, checkpoint_dir=args.checkpoint_dir)
+    print("\n" + summary_table(result))
+    return 0 if result.status == "completed" else 3
+
+
+def cmd_params(args) -> int:
+    from .config import validate
+    from .data import DATASETS_INFO
+    from .models import Architecture, param_counts
+    cfg = validate(config_from_args(args))
+    info = DATASETS_INFO[cfg.data.dataset]
+    arch = Architecture.from_config(cfg, info.input_dim, info.n_classes)
+    counts = param_counts(arch, cfg.model.method)
+    for k, v in counts.as_dict().items():
+        print(f"{k:<14} {v:>16,}")
+    print(f"{'fp32 bytes':<14} {4 * (counts.total + counts.router + counts.fixed):>16,}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sal-ray", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train one configuration and print a summary")
+    add_config_options(p)
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="write a checkpoint after every epoch; resume from one found there")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("params", help="parameter counts of a configuration, without building it")
+    add_config_options(p)
+    p.set_defaults(func=cmd_params)
+    for module in ("sal_ray.data.cli",):  # report_cli joins when it lands
+        # their own heavy imports (mlflow, matplotlib) wait until a command runs
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError) as err:
+        # ConfigError and DataError name the option or dataset; no stack trace for bad input
+        print(f"sal-ray: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sal-ray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
