@@ -99,17 +99,19 @@ def build(cfg: Config) -> Run:
     validate(cfg, n_classes=splits.n_classes)
     dtype = getattr(torch, cfg.run.dtype)
     net = build_net(cfg, splits.input_dim, splits.n_classes).to(device=device, dtype=dtype)
-    method = cfg.model.method
-    if method == "sal":
-        rule = SALRule(cfg.sal.lambda_local, cfg.sal.output_local, cfg.sal.area_grad_scale)
-        step = lambda n, x, y: sal_grads(n, x, y, rule)  # noqa: E731
-    else:
-        balance = cfg.model.moe_balance if method == "moe" else 0.0
-        step = lambda n, x, y: backprop_grads(n, x, y, balance)  # noqa: E731
-    return Run(cfg, net, make_optimizer(net, cfg), step,
+    return Run(cfg, net, make_optimizer(net, cfg), make_rule(cfg),
                *(t.to(device) for t in (splits.x_train.to(dtype), splits.y_train,
                                         splits.x_val.to(dtype), splits.y_val)),
-               counts=param_counts(net.arch, method), device=device)
+               counts=param_counts(net.arch, cfg.model.method), device=device)
+
+
+def make_rule(cfg: Config) -> Callable:
+    """The method's gradient rule as `(net, x, y) -> (loss, logits, areas)`."""
+    if cfg.model.method == "sal":
+        rule = SALRule(cfg.sal.lambda_local, cfg.sal.output_local, cfg.sal.area_grad_scale)
+        return lambda net, x, y: sal_grads(net, x, y, rule)
+    balance = cfg.model.moe_balance if cfg.model.method == "moe" else 0.0
+    return lambda net, x, y: backprop_grads(net, x, y, balance)
 
 
 def make_optimizer(net: Net, cfg: Config) -> torch.optim.Optimizer:
