@@ -1,0 +1,287 @@
+"""Read a sweep's runs out of MLflow into one typed table.
+
+The layout read here is the project's naming contract (docs/dashboards.md):
+one parent run per sweep, trial runs nested under it (`mlflow.parentRunId`),
+one run per seed, bare option names as params, per-epoch metrics with
+step = epoch, and `final_*` metrics at the end of a completed run.
+
+Only *leaf* runs are results: a run that carries a `method` param and has no
+child that does. That holds whether seeds hang directly under the sweep's
+parent or under a per-trial run, and it never counts a parent twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+log = logging.getLogger("dashboards")
+
+PARENT_TAG = "mlflow.parentRunId"
+# Per-epoch metrics read back as histories for the learning curves.
+CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
+# Final metrics of the contract; a run that diverged or crashed may lack them.
+FINAL_KEYS = ("val_acc", "train_loss", "val_loss")
+
+INT_PARAMS = ("depth", "width", "n_areas", "d_f", "batch_size", "epochs", "seed",
+              "params_active", "params_total", "params_router", "params_fixed",
+              "n_train", "n_val", "input_dim", "n_classes")
+FLOAT_PARAMS = ("lr", "lr_sel", "lambda_local", "feedback_scale", "moe_balance")
+BOOL_PARAMS = ("output_local",)
+NONE_STRINGS = ("none", "null", "")
+
+
+@dataclass
+class RunSet:
+    """Everything a report is built from."""
+    tracking_uri: str
+    runs: pd.DataFrame                       # one row per leaf run (see module doc)
+    histories: dict[str, pd.DataFrame]       # run_id -> per-epoch metrics, index = epoch
+    parents: dict[str, dict]                 # top-level parent run_id -> {name, experiment, sweep}
+    experiments: dict[str, str]              # found experiment name -> id
+    notes: list[str] = field(default_factory=list)  # every data problem, in words
+
+    def note(self, message: str) -> None:
+        log.warning(message)
+        self.notes.append(message)
+
+
+@contextlib.contextmanager
+def tracking(uri: str):
+    """`mlflow.search_runs` reads the global tracking URI: set it for the
+    duration of a read only, so importing code keeps its own setting."""
+    import mlflow
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def resolve_uri(tracking_uri: str | None) -> str:
+    """The given URI, else MLflow's own default ($MLFLOW_TRACKING_URI, then ./mlflow.db)."""
+    if tracking_uri:
+        return tracking_uri
+    import mlflow
+    return mlflow.get_tracking_uri()
+
+
+def parse_value(text):
+    """MLflow keeps params as strings: give numbers and booleans back their type."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return None
+    if not isinstance(text, str):
+        return text
+    low = text.strip().lower()
+    if low in NONE_STRINGS:
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _typed(runs: pd.DataFrame) -> pd.DataFrame:
+    for name in INT_PARAMS + FLOAT_PARAMS:
+        if name in runs:
+            runs[name] = pd.to_numeric(runs[name].map(parse_value), errors="coerce")
+    for name in BOOL_PARAMS:
+        if name in runs:
+            runs[name] = runs[name].map(parse_value)
+    return runs
+
+
+def find_experiments(client, names: list[str], runset: RunSet) -> dict[str, str]:
+    found = {}
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        if exp is None and str(name).isdigit():
+            with contextlib.suppress(Exception):
+                exp = client.get_experiment(str(name))
+        if exp is None:
+            known = sorted(e.name for e in client.search_experiments())
+            runset.note(f"experiment '{name}' not found in {runset.tracking_uri}"
+                        + (f" (it holds: {', '.join(known)})" if known else " (it holds none)"))
+            continue
+        found[exp.name] = exp.experiment_id
+    return found
+
+
+def _search(uri: str, experiment_ids: list[str], sweep: str | None) -> pd.DataFrame:
+    import mlflow
+    filt = ""
+    if sweep:
+        filt = "tags.sweep = '{}'".format(sweep.replace("'", "\\'"))
+    with tracking(uri):
+        df = mlflow.search_runs(experiment_ids=experiment_ids, filter_string=filt,
+                                output_format="pandas")
+    return df
+
+
+def _leaves(df: pd.DataFrame) -> pd.DataFrame:
+    has_method = df.get("params.method", pd.Series(index=df.index, dtype=object)).notna()
+    parent = df.get(f"tags.{PARENT_TAG}", pd.Series(index=df.index, dtype=object))
+    parents_of_results = set(parent[has_method].dropna())
+    return df[has_method & ~df["run_id"].isin(parents_of_results)].copy()
+
+
+def _top_parents(client, leaves: pd.DataFrame, all_rows: pd.DataFrame, runset: RunSet) -> pd.Series:
+    """Follow mlflow.parentRunId up to the run without a parent: the sweep's run."""
+    known: dict[str, str | None] = {}
+    col = f"tags.{PARENT_TAG}"
+    for _, row in all_rows.iterrows():
+        known[row["run_id"]] = row.get(col) if isinstance(row.get(col), str) else None
+    info: dict[str, dict] = {}
+
+    def parent_of(run_id: str) -> str | None:
+        if run_id not in known:
+            try:
+                run = client.get_run(run_id)
+            except Exception:  # deleted or from another store
+                known[run_id] = None
+                return None
+            known[run_id] = run.data.tags.get(PARENT_TAG)
+            info[run_id] = {"name": run.data.tags.get("mlflow.runName", run_id),
+                            "experiment_id": run.info.experiment_id,
+                            "sweep": run.data.tags.get("sweep")}
+        return known[run_id]
+
+    tops = {}
+    for rid in leaves["run_id"]:
+        node, top, seen = rid, None, set()
+        while (up := parent_of(node)) and up not in seen:
+            seen.add(up)
+            top = node = up
+        tops[rid] = top
+    for top in {t for t in tops.values() if t}:
+        if top not in info:
+            row = all_rows[all_rows["run_id"] == top]
+            if len(row):
+                r = row.iloc[0]
+                info[top] = {"name": r.get("tags.mlflow.runName", top),
+                             "experiment_id": r["experiment_id"], "sweep": r.get("tags.sweep")}
+            else:
+                parent_of(top)  # fills info through get_run
+                info.setdefault(top, {"name": top, "experiment_id": None, "sweep": None})
+        runset.parents[top] = info[top]
+    return leaves["run_id"].map(tops)
+
+
+def _history(client, run_id: str, keys=CURVE_KEYS) -> pd.DataFrame:
+    cols = {}
+    for key in keys:
+        points = client.get_metric_history(run_id, key)
+        if points:
+            # Several values at one step (a resumed run re-logging an epoch): the last wins.
+            s = {}
+            for m in sorted(points, key=lambda m: (m.step, m.timestamp)):
+                s[m.step] = m.value
+            cols[key] = pd.Series(s, dtype=float)
+    frame = pd.DataFrame(cols)
+    frame.index.name = "epoch"
+    return frame.sort_index()
+
+
+def _finals(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], runset: RunSet) -> None:
+    """final_<m>: the run's final_<m> metric; else, only if the run reached its last
+    epoch, the last logged <m>; else missing (the run is named in the notes)."""
+    sources = []
+    for key in FINAL_KEYS:
+        runs[f"final_{key}"] = float("nan")
+    runs["last_epoch"] = 0
+    for i, row in runs.iterrows():
+        hist = histories.get(row["run_id"], pd.DataFrame())
+        last_epoch = int(hist.index.max()) if len(hist) else 0
+        runs.at[i, "last_epoch"] = last_epoch
+        epochs = row.get("epochs")
+        reached_end = bool(len(hist)) and epochs == epochs and last_epoch >= epochs
+        source = "final"
+        for key in FINAL_KEYS:
+            value = row.get(f"metrics.final_{key}")
+            if value is not None and value == value and math.isfinite(value):
+                runs.at[i, f"final_{key}"] = value
+            elif reached_end and key in hist and hist[key].notna().any():
+                runs.at[i, f"final_{key}"] = hist[key].dropna().iloc[-1]
+                source = "last epoch" if source == "final" else source
+            else:
+                source = "missing"
+        sources.append(source)
+        label = f"run '{row['run_name']}' ({row['run_id'][:8]}, status {row['status']})"
+        if source == "missing":
+            runset.note(f"{label} has no final metrics "
+                        f"(stopped after epoch {last_epoch}"
+                        + (f" of {int(epochs)}" if epochs == epochs else "")
+                        + "); left out of the tables")
+        elif source == "last epoch":
+            runset.note(f"{label} lacks final_* metrics; its last logged epoch "
+                        f"({last_epoch}) is used")
+    runs["final_source"] = sources
+
+
+def load_runs(experiments: list[str], tracking_uri: str | None = None,
+              sweep: str | None = None, with_histories: bool = True) -> RunSet:
+    """Every leaf run of `experiments` (optionally one sweep), typed, with histories."""
+    from mlflow import MlflowClient
+
+    uri = resolve_uri(tracking_uri)
+    runset = RunSet(uri, pd.DataFrame(), {}, {}, {})
+    client = MlflowClient(tracking_uri=uri)
+    runset.experiments = find_experiments(client, list(experiments), runset)
+    if not runset.experiments:
+        runset.note("no experiment to read: the report is empty")
+        return runset
+    rows = _search(uri, list(runset.experiments.values()), sweep)
+    where = f"experiment(s) {', '.join(runset.experiments)}" + (f", sweep '{sweep}'" if sweep else "")
+    if rows.empty:
+        runset.note(f"no runs in {where}")
+        return runset
+    leaves = _leaves(rows)
+    if leaves.empty:
+        runset.note(f"{len(rows)} run(s) in {where}, but none carries a 'method' param: "
+                    "nothing to tabulate")
+        return runset
+    leaves["parent_id"] = _top_parents(client, leaves, rows, runset)
+    names = {v: k for k, v in runset.experiments.items()}
+    out = pd.DataFrame({
+        "run_id": leaves["run_id"],
+        "run_name": leaves.get("tags.mlflow.runName", leaves["run_id"]).fillna(leaves["run_id"]),
+        "experiment": leaves["experiment_id"].map(names),
+        "run_state": leaves["status"],
+        "status": leaves.get("tags.status", pd.Series(index=leaves.index, dtype=object))
+        .fillna("unknown"),
+        "sweep": leaves.get("tags.sweep", pd.Series(index=leaves.index, dtype=object)),
+        "parent_id": leaves["parent_id"],
+    })
+    for col in leaves.columns:
+        if col.startswith("params."):
+            out[col[len("params."):]] = leaves[col]
+        elif col.startswith("metrics."):
+            out[col] = leaves[col]
+    for tag in ("dataset", "method"):  # params are the contract; tags fill a gap
+        if f"tags.{tag}" in leaves:
+            out[tag] = out.get(tag, pd.Series(index=out.index, dtype=object)).fillna(
+                leaves[f"tags.{tag}"])
+    out = _typed(out)
+    if "n_areas" not in out:
+        out["n_areas"] = 1
+    out["n_areas"] = out["n_areas"].fillna(1).astype(int)
+    out = out.reset_index(drop=True)
+    if with_histories:
+        runset.histories = {rid: _history(client, rid) for rid in out["run_id"]}
+    _finals(out, runset.histories, runset)
+    odd = out[~out["status"].isin(["completed"])]
+    for status, group in odd.groupby("status"):
+        runset.note(f"{len(group)} run(s) with status '{status}': "
+                    + ", ".join(group["run_name"].astype(str).head(8))
+                    + (" ..." if len(group) > 8 else ""))
+    runset.runs = out
+    return runset
