@@ -108,7 +108,7 @@ def _cached_or_built(meta: DatasetInfo, folder: Path, download: bool,
     try:
         arrays = sources.READERS[meta.name](folder)
         sources.check_arrays(meta, arrays)
-    except DataError:
+    except (DataError, MemoryError):
         raise
     except Exception as exc:
         raise DataError(
