@@ -1,0 +1,142 @@
+"""Multi-worker runs on Ray Train's `TorchTrainer` (Train V2, Ray >= 2.51).
+
+Ray only places the workers, starts their process group (gloo on CPU, nccl on
+GPU), moves metrics and checkpoints; the training itself is
+`data_parallel.fit`, the same code the torch-only tests and benchmarks run.
+
+    result = fit_distributed(cfg, num_workers=4, use_gpu=True,
+                             storage_path="/abs/runs", name="sal-w4096")
+
+Inside a Tune function trainable the same call forwards rank 0's metrics to
+Tune (Train's `TuneReportCallback`) and, with a name that is stable per trial
+(the default uses the trial id), a restarted trial resumes from its last
+checkpoint: a Train run restores itself from `storage_path/name`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..config import Config
+from ..train import Callback, PrintProgress, RunResult
+from .data_parallel import Group, fit
+
+
+@dataclass
+class DistributedRunResult(RunResult):
+    """`RunResult` (history, status, params with counts) plus where Ray put things.
+    `net` stays None: load it from `checkpoint_path` (the core format) if needed."""
+    checkpoint_path: str | None = None   # folder with checkpoint.pt (local storage)
+    run_path: str | None = None          # storage_path/name
+    ray_result: Any = None               # ray.train.Result
+
+
+def _train_loop_per_worker(config: dict) -> dict:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+    group = Group(ctx.get_world_rank(), ctx.get_world_size(), device)
+    cfg = Config.from_flat(config["config"])
+    with tempfile.TemporaryDirectory(prefix="sal-ray-ckpt-") as scratch:
+        resume_dir = None
+        if group.is_main:  # only rank 0 reads; data_parallel.fit broadcasts the state
+            restored = ray.train.get_checkpoint()
+            if restored is not None:
+                resume_dir = restored.to_directory(os.path.join(scratch, "restored"))
+            else:
+                resume_dir = config["resume_from"]
+        out_dir = os.path.join(scratch, "out") if group.is_main else None
+
+        def report(metrics: dict, folder: str | None) -> None:
+            # every worker calls report once per epoch (it is a barrier); only
+            # rank 0 has a checkpoint, and Tune keeps rank 0's metrics
+            checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+            ray.train.report(metrics, checkpoint=checkpoint,
+                             checkpoint_dir_name=f"epoch_{int(metrics['epoch']):05d}")
+
+        result = fit(cfg, group, out_dir, callbacks=config["callbacks"], report=report,
+                     resume_dir=resume_dir)
+    return {"status": result.status, "message": result.message, "history": result.history,
+            "config": result.config, "counts": result.counts}
+
+
+class _Announce(Callback):
+    def __init__(self, num_workers: int, use_gpu: bool):
+        self.text = f"[sal-ray] data parallel on {num_workers} {'GPU' if use_gpu else 'CPU'} workers"
+
+    def on_start(self, run) -> None:
+        print(self.text)
+
+
+def _default_name(cfg: Config) -> str:
+    try:  # inside a Tune trial: stable per trial, so a restarted trial resumes
+        import ray.tune
+        return f"sal-train-{ray.tune.get_context().get_trial_id()}"
+    except Exception:  # noqa: BLE001 - not in a Tune session
+        return f"sal-train-{cfg.model.method}-{uuid.uuid4().hex[:8]}"
+
+
+def _tune_callbacks() -> list:
+    from ray.tune.integration.ray_train import TuneReportCallback
+    try:
+        return [TuneReportCallback()]
+    except RuntimeError:  # raised when not inside a Tune session
+        return []
+
+
+def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
+                    storage_path: str | None = None, name: str | None = None,
+                    callbacks: Sequence[Callback] = (), verbose: bool = True,
+                    resume_from: str | None = None, keep_checkpoints: int = 2,
+                    cpus_per_worker: float = 1.0) -> DistributedRunResult:
+    """Train `cfg` data parallel on `num_workers` Ray Train workers.
+
+    storage_path: where Ray keeps the run (made absolute here, before any Ray
+      worker changes directory); default ~/ray_results.
+    name: the Train run's name; reusing (storage_path, name) resumes that run
+      from its latest checkpoint. Default: per Tune trial, else a fresh name.
+    callbacks: core `Callback`s, run on rank 0 inside the worker (they must be
+      picklable); `verbose` adds the console progress.
+    resume_from: a core checkpoint folder (e.g. a single-process run's) to start
+      from when the Train run has no checkpoint of its own yet.
+    Raises ray.train.TrainingFailedError when a worker fails.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1; got {num_workers}")
+    storage_path = os.path.abspath(os.path.expanduser(storage_path or "~/ray_results"))
+    if cfg.data.data_root:  # workers run in another directory
+        cfg = cfg.replace(data_root=os.path.abspath(os.path.expanduser(cfg.data.data_root)))
+    name = name or _default_name(cfg)
+    worker_cbs = [*([_Announce(num_workers, use_gpu), PrintProgress()] if verbose else []),
+                  *callbacks]
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config={"config": cfg.to_flat(), "use_gpu": use_gpu, "callbacks": worker_cbs,
+                           "resume_from": os.path.abspath(resume_from) if resume_from else None},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=_tune_callbacks(),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints)),
+    )
+    ray_result = trainer.fit()
+    out = ray_result.return_value or {}
+    checkpoint = ray_result.checkpoint
+    local = checkpoint.path if checkpoint is not None and os.path.isdir(checkpoint.path) else None
+    return DistributedRunResult(
+        status=out.get("status", "failed"), config=out.get("config", cfg.to_flat()),
+        history=out.get("history", []), message=out.get("message", ""),
+        counts=out.get("counts", {}), net=None, checkpoint_path=local,
+        run_path=os.path.join(storage_path, name), ray_result=ray_result)
