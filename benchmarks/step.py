@@ -94,12 +94,14 @@ def floors(net, method, batch, elem):
     return passes * used_bytes, flops
 
 
-def bench_shape(name, device, dtype, methods, kernels):
+def bench_shape(name, device, dtype, methods, kernels, repeats=7):
+    """Time every variant of one shape. Variants are interleaved block by block,
+    so a load that comes and goes on the machine biases none of them."""
     d_in, C, arch, depth, width, n_areas, routed, batch = SHAPES[name]
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, d_in, generator=g).to(device, dtype)
     y = torch.randint(0, C, (batch,), generator=g).to(device)
-    rows = []
+    variants = []
     for method in methods:
         for kernel in (kernels if method != "bp" else ["auto"]):
             cfg = Config().replace(method=method, arch=arch, depth=depth, width=width,
@@ -108,17 +110,32 @@ def bench_shape(name, device, dtype, methods, kernels):
             net = build_net(cfg, d_in, C).to(device=device, dtype=dtype)
             opt, rule = make_optimizer(net, cfg), make_rule(cfg)
 
-            def step():
+            def step(net=net, opt=opt, rule=rule):
                 rule(net, x, y)
                 opt.step()
 
-            t = timed(step, device)
             nbytes, flops = floors(net, method, batch, x.element_size())
-            rows.append((method, kernel, t, nbytes, flops))
-            del net, opt
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return rows
+            variants.append([method, kernel, step, nbytes, flops, []])
+    for v in variants:  # warm-up, and a block size of about 50 ms
+        v[2](); v[2](); sync(device)
+        n, t = 1, 0.0
+        while t < 0.05:
+            n *= 2
+            t0 = time.perf_counter()
+            for _ in range(n):
+                v[2]()
+            sync(device)
+            t = time.perf_counter() - t0
+        v.append(n)
+    for _ in range(repeats):
+        for v in variants:
+            step, n = v[2], v[6]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step()
+            sync(device)
+            v[5].append((time.perf_counter() - t0) / n)
+    return [(m, k, statistics.median(ts), nb, fl) for m, k, _, nb, fl, ts, _ in variants]
 
 
 def main(argv=None):

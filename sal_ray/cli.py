@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="parameter counts of a configuration, without building it")
     add_config_options(p)
     p.set_defaults(func=cmd_params)
-    for module in ("sal_ray.data.cli",):  # report_cli joins when it lands
+    for module in ("sal_ray.data.cli", "sal_ray.report_cli"):
         # their own heavy imports (mlflow, matplotlib) wait until a command runs
         importlib.import_module(module).register(sub)
     return parser

@@ -31,11 +31,20 @@ ONEHOT_MAX_MACS = 1 << 22
 GATHER_MAX_ELEMS = 1 << 21
 
 
-def pick_kernel(kernel: str, n_areas: int, batch: int, d_in: int, d_out: int) -> str:
+# On a GPU a small batch is bound by reading the weights: the one-GEMM layout reads
+# each area once (the floor when every area is used) and never syncs with the host.
+# Past this many rows x areas it is FLOP-bound, where sorting pays.
+GPU_ONEHOT_MAX_ROWS = 512
+
+
+def pick_kernel(kernel: str, n_areas: int, batch: int, d_in: int, d_out: int,
+                on_gpu: bool = False) -> str:
     if n_areas == 1:
         return "dense"
     if kernel != "auto":
         return kernel
+    if on_gpu:
+        return "onehot" if n_areas * batch <= GPU_ONEHOT_MAX_ROWS else "sorted"
     if n_areas * batch * d_in * d_out <= ONEHOT_MAX_MACS:
         return "onehot"
     if batch * d_in * d_out <= GATHER_MAX_ELEMS:
@@ -61,7 +70,7 @@ def routed_linear(x_BI, weight_NIO, bias_NO, areas_B, kernel: str = "auto"):
     """u_BO = x W[area] + b[area] per sample. Differentiable in x, W and b."""
     N, I, O = weight_NIO.shape
     B = x_BI.shape[0]
-    kind = pick_kernel(kernel, N, B, I, O)
+    kind = pick_kernel(kernel, N, B, I, O, x_BI.is_cuda)
     if kind == "dense":
         return torch.addmm(bias_NO[0], x_BI, weight_NIO[0])
     if kind == "onehot":
@@ -83,7 +92,7 @@ def routed_weight_grad(x_BI, delta_BO, areas_B, n_areas: int, kernel: str = "aut
     chose get exact zeros, so plain SGD leaves them bit-identical."""
     B, I = x_BI.shape
     O = delta_BO.shape[1]
-    kind = pick_kernel(kernel, n_areas, B, I, O)
+    kind = pick_kernel(kernel, n_areas, B, I, O, x_BI.is_cuda)
     if kind == "dense":
         return (x_BI.T @ delta_BO).unsqueeze(0), delta_BO.sum(0, keepdim=True)
     db_NO = delta_BO.new_zeros(n_areas, O).index_add_(0, areas_B, delta_BO)
