@@ -8,24 +8,28 @@ import torch
 from sal_ray import Config, fit
 from sal_ray.train import CHECKPOINT_NAME, build, load_checkpoint
 
-ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 CFG = Config().replace(method="sal", n_areas=4, width=16, epochs=2, dtype="float64", lr=0.05,
                        batch_size=64)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    started = not ray.is_initialized()  # tests/conftest.py may already run one
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    if started:
-        ray.shutdown()
+@pytest.fixture
+def ray_up(request):
+    """The session's Ray from tests/conftest.py; a Ray of our own if it has none."""
+    try:
+        return request.getfixturevalue("ray_local")
+    except pytest.FixtureLookupError:
+        pass
+    ray = pytest.importorskip("ray")  # imported only when a Ray test runs
+    if not ray.is_initialized():
+        # address="local": never join a cluster that $RAY_ADDRESS names
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        request.addfinalizer(ray.shutdown)
+    return ray
 
 
-def test_two_ray_workers_resume_a_single_process_checkpoint(ray_session, tmp_path):
+def test_two_ray_workers_resume_a_single_process_checkpoint(ray_up, tmp_path):
     from sal_ray.distributed import fit_distributed
 
     first = str(tmp_path / "first_epoch")
