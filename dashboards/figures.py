@@ -34,7 +34,7 @@ class Plot:
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
 
 
@@ -274,7 +274,9 @@ def area_usage(runs: pd.DataFrame) -> tuple[list[Plot], str]:
     if len(groups) > MAX_HEATMAPS:
         note = f"{len(groups)} routed configurations; the first {MAX_HEATMAPS} are drawn"
         groups = groups[:MAX_HEATMAPS]
-    fig, axes = _grid(len(groups), width=4.4, height=2.6, max_cols=3)
+    most_layers = max(len(g[3][1]) for g in groups)
+    fig, axes = _grid(len(groups), width=4.4, height=1.6 + min(0.12 * most_layers, 3.0),
+                      max_cols=3)
     for ax, (_, _, label, (mat, layers), n) in zip(axes, groups):
         im = ax.imshow(mat, aspect="auto", cmap="viridis", vmin=0, vmax=max(np.nanmax(mat), 1e-9),
                        interpolation="nearest")

@@ -33,6 +33,11 @@ INT_PARAMS = ("depth", "width", "n_areas", "d_f", "batch_size", "epochs", "seed"
 FLOAT_PARAMS = ("lr", "lr_sel", "lambda_local", "feedback_scale", "moe_balance")
 BOOL_PARAMS = ("output_local",)
 NONE_STRINGS = ("none", "null", "")
+# Columns of RunSet.runs that are not params (besides "metrics.*" columns).
+NON_PARAM_COLUMNS = frozenset({
+    "run_id", "run_name", "experiment", "run_state", "status", "sweep", "searched",
+    "parent_id", "final_val_acc", "final_train_loss", "final_val_loss", "final_source",
+    "last_epoch", "column", "config", "n_configs", "chosen"})
 
 
 @dataclass
@@ -216,11 +221,13 @@ def _finals(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], runset: RunS
                 source = "missing"
         sources.append(source)
         label = f"run '{row['run_name']}' ({row['run_id'][:8]}, status {row['status']})"
-        if source == "missing":
-            runset.note(f"{label} has no final metrics "
-                        f"(stopped after epoch {last_epoch}"
-                        + (f" of {int(epochs)}" if epochs == epochs else "")
-                        + "); left out of the tables")
+        of = f" of {int(epochs)}" if epochs == epochs else ""
+        if source == "missing" and row["status"] == "running":
+            runset.note(f"{label} is still running (epoch {last_epoch}{of} logged); "
+                        "left out of the tables")
+        elif source == "missing":
+            runset.note(f"{label} has no final metrics (stopped after epoch "
+                        f"{last_epoch}{of}); left out of the tables")
         elif source == "last epoch":
             runset.note(f"{label} lacks final_* metrics; its last logged epoch "
                         f"({last_epoch}) is used")
@@ -259,10 +266,13 @@ def load_runs(experiments: list[str], tracking_uri: str | None = None,
         "status": leaves.get("tags.status", pd.Series(index=leaves.index, dtype=object))
         .fillna("unknown"),
         "sweep": leaves.get("tags.sweep", pd.Series(index=leaves.index, dtype=object)),
+        # the options a sweep searched, comma-separated (sal_ray.sweep sets it)
+        "searched": leaves.get("tags.searched", pd.Series(index=leaves.index, dtype=object)),
         "parent_id": leaves["parent_id"],
     })
     for col in leaves.columns:
-        if col.startswith("params."):
+        # params no leaf run has are the parents' (sweep settings): not options
+        if col.startswith("params.") and leaves[col].notna().any():
             out[col[len("params."):]] = leaves[col]
         elif col.startswith("metrics."):
             out[col] = leaves[col]

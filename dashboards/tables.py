@@ -20,11 +20,20 @@ import pandas as pd
 
 from . import paper
 
-# Options that define a configuration, apart from the cell keys and the seed.
-# device and kernel change speed, not results; derived counts follow the rest.
-CONFIG_PARAMS = ("arch", "depth", "width", "activation", "routed", "d_f", "lr", "lr_sel",
-                 "batch_size", "epochs", "lambda_local", "output_local", "feedback_dist",
-                 "feedback_scale", "area_grad_scale", "area_init", "moe_balance", "dtype")
+# A configuration is every param of a run except these: the cell keys and the
+# seed, what changes speed but not results, and facts derived from the rest. A
+# denylist, so an option added to the trainer later splits configurations
+# without a change here.
+NOT_CONFIG = frozenset({
+    "dataset", "method", "n_areas", "seed", "device", "resolved_device", "kernel",
+    "data_root", "download", "eval_batch_size", "feedback_std",
+    "params_active", "params_total", "params_router", "params_fixed",
+    "n_train", "n_val", "input_dim", "n_classes"})
+# Options the search views consider when the runs do not say what was searched.
+SEARCHABLE = ("n_areas", "lr", "lr_sel", "depth", "width", "batch_size", "epochs", "arch",
+              "routed", "d_f", "lambda_local", "output_local", "feedback_dist",
+              "feedback_scale", "area_grad_scale", "area_init", "init", "moe_balance",
+              "activation")
 METHOD_ORDER = {"bp": 0, "sal": 1, "moe": 2}
 
 
@@ -61,10 +70,17 @@ def seed_stats(values) -> tuple[float, float, int]:
     return mean, std, n
 
 
+def config_params(runs: pd.DataFrame) -> list[str]:
+    """The param columns that define a configuration (see NOT_CONFIG)."""
+    from .store import NON_PARAM_COLUMNS
+    return [c for c in runs.columns if not c.startswith("metrics.")
+            and c not in NON_PARAM_COLUMNS and c not in NOT_CONFIG]
+
+
 def with_columns(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.copy()
     runs["column"] = [column_label(m, n) for m, n in zip(runs["method"], runs["n_areas"])]
-    present = [p for p in CONFIG_PARAMS if p in runs]
+    present = config_params(runs)
     runs["config"] = [tuple((p, _hashable(row[p])) for p in present)
                       for _, row in runs.iterrows()]
     return runs
@@ -225,21 +241,23 @@ def area_share_matrix(runs: pd.DataFrame) -> np.ndarray | None:
     return mat, layers
 
 
-SEARCH_SKIP = {"seed", "dataset", "method", "device", "kernel", "dtype"}
-
-
 def search_groups(runs: pd.DataFrame, min_runs: int = 4):
     """(dataset, method, runs, params) for groups that look like a search: at
-    least two options varied over at least `min_runs` finished runs. A grid over
-    n_areas alone is a Table 2 sweep, not a search, and gets no importance plot."""
+    least two options varied over at least `min_runs` finished runs. The options
+    are those the sweep tagged as searched (`searched` tag), else SEARCHABLE. A
+    grid over n_areas alone is a Table 2 sweep, not a search: no importance plot."""
     if runs.empty:
         return []
-    candidates = [p for p in (*CONFIG_PARAMS, "n_areas") if p in runs and p not in SEARCH_SKIP]
     out = []
     for (dataset, method), g in runs.groupby(["dataset", "method"], sort=False):
         g = g[g["final_val_acc"].notna()]
         if len(g) < min_runs:
             continue
+        tagged = set()
+        if "searched" in g:
+            for text in g["searched"].dropna():
+                tagged |= {t.strip() for t in str(text).split(",") if t.strip()}
+        candidates = [p for p in (sorted(tagged) if tagged else SEARCHABLE) if p in g]
         varying = [p for p in candidates if g[p].notna().all() and g[p].astype(str).nunique() > 1]
         if len(varying) >= 2:
             out.append((dataset, method, g, varying))
