@@ -398,7 +398,7 @@ def test_dashboards_never_train():
 # ---- the real sweep layer ------------------------------------------------------------
 
 @pytest.mark.ray
-def test_report_on_a_real_tune_sweep(tmp_path, monkeypatch):
+def test_report_on_a_real_tune_sweep(tmp_path, monkeypatch, request):
     """The contract end to end: a tiny grid sweep through sal_ray.tune (Ray Tune +
     Optuna + MLflow), then the report, checked against the store independently."""
     pytest.importorskip("ray")
@@ -413,6 +413,11 @@ def test_report_on_a_real_tune_sweep(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:  # the session's shared Ray (tests/conftest.py), when there is one
+        request.getfixturevalue("ray_local")
+        own_ray = False
+    except pytest.FixtureLookupError:
+        own_ray = True
     try:
         sal_ray.tune(datasets=["digits"], methods=["sal", "bp"], space={"n_areas": [1, 4]},
                      sampler="grid", fixed=dict(epochs=2, width=32, lr=0.05, batch_size=32),
@@ -420,7 +425,8 @@ def test_report_on_a_real_tune_sweep(tmp_path, monkeypatch):
                      num_cpus=2, verbose=0, log_model="none",
                      storage_path=str(tmp_path / "ray"))
     finally:
-        ray.shutdown()
+        if own_ray:
+            ray.shutdown()
     result = generate(["tune-digits"], tmp_path / "report", uri, sweep="grid")
     expected = expected_cells(uri, "tune-digits", "grid")
     assert set(expected) == {("digits", c) for c in ("Baseline", "SAL-1", "SAL-4")}
