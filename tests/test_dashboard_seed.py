@@ -41,7 +41,7 @@ def run_name(cfg: dict) -> str:
 def log_result(client, exp_id: str, parent_id: str, sweep: str, result, *, name: str,
                final: bool = True, epochs_logged: int | None = None, status: str | None = None):
     """Log one trainer result in the contract's layout; returns the run id."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     cfg = result.config
     run = client.create_run(exp_id, run_name=name, tags={
