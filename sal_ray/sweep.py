@@ -156,8 +156,12 @@ def _spec(name: str, value: Any) -> Spec | None:
         except ConfigError:
             raise ConfigError(name, f"{value.describe()}: {name} is not a {kind} option "
                               "(use a list of values)") from None
-        if isinstance(value, Int) and isinstance(low, float):
-            raise ConfigError(name, f"{value.describe()}: {name} is a float option (use uniform)")
+        if isinstance(value, Int) and option_type(name) != "int":
+            raise ConfigError(name, f"{value.describe()}: {name} is a {option_type(name)} "
+                              "option (use uniform/loguniform or a list)")
+        if isinstance(value, Float) and option_type(name) != "float":
+            raise ConfigError(name, f"{value.describe()}: {name} is not a float option "
+                              "(use randint or a list of values)")
         if not low < high:
             raise ConfigError(name, f"{value.describe()}: needs low < high")
         if value.log and low <= 0:

@@ -87,10 +87,13 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _sqlite_artifact_root(uri: str) -> str | None:
-    """Artifacts of a SQLite store go next to the database, as an absolute URI."""
+def _sqlite_artifact_root(uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite store go next to the database, one folder per
+    experiment, as an absolute URI (MLflow would otherwise use the cwd of the
+    process that created the experiment)."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        folder = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / folder).resolve().as_uri()
     return None
 
 
@@ -120,14 +123,14 @@ def check_store(uri: str, experiment: str) -> str:
                                   f"{redact(uri)}; restore it or pick another name")
             return found.experiment_id
         return with_retry(c.create_experiment, experiment,
-                          artifact_location=_sqlite_artifact_root(uri))
+                          artifact_location=_sqlite_artifact_root(uri, experiment))
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot use this store"
         client.cache_clear()
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError("tracking_uri", f"cannot reach the MLflow store {redact(uri)}: "
-                          f"{reason[:300]}") from None
+                          f"{redact(reason)[:300]}") from None
     finally:
         for k, v in saved.items():
             if v is None:
