@@ -94,7 +94,7 @@ def floors(net, method, batch, elem):
     return passes * used_bytes, flops
 
 
-def bench_shape(name, device, dtype, methods, kernels, repeats=7):
+def bench_shape(name, device, dtype, methods, kernels, area_counts=None, repeats=7):
     """Time every variant of one shape. Variants are interleaved block by block,
     so a load that comes and goes on the machine biases none of them."""
     d_in, C, arch, depth, width, n_areas, routed, batch = SHAPES[name]
@@ -102,20 +102,22 @@ def bench_shape(name, device, dtype, methods, kernels, repeats=7):
     x = torch.randn(batch, d_in, generator=g).to(device, dtype)
     y = torch.randint(0, C, (batch,), generator=g).to(device)
     variants = []
-    for method in methods:
-        for kernel in (kernels if method != "bp" else ["auto"]):
-            cfg = Config().replace(method=method, arch=arch, depth=depth, width=width,
-                                   n_areas=1 if method == "bp" else n_areas, routed=routed,
-                                   kernel=kernel, lr=1e-4)
-            net = build_net(cfg, d_in, C).to(device=device, dtype=dtype)
-            opt, rule = make_optimizer(net, cfg), make_rule(cfg)
+    counts = area_counts or [n_areas]
+    runs = [("bp", "auto", 1)] if "bp" in methods else []
+    runs += [(m, k, n) for m in methods if m != "bp" for n in counts
+             for k in (kernels if n > 1 else ["auto"])]
+    for method, kernel, n in runs:
+        cfg = Config().replace(method=method, arch=arch, depth=depth, width=width,
+                               n_areas=n, routed=routed, kernel=kernel, lr=1e-4)
+        net = build_net(cfg, d_in, C).to(device=device, dtype=dtype)
+        opt, rule = make_optimizer(net, cfg), make_rule(cfg)
 
-            def step(net=net, opt=opt, rule=rule):
-                rule(net, x, y)
-                opt.step()
+        def step(net=net, opt=opt, rule=rule):
+            rule(net, x, y)
+            opt.step()
 
-            nbytes, flops = floors(net, method, batch, x.element_size())
-            variants.append([method, kernel, step, nbytes, flops, []])
+        nbytes, flops = floors(net, method, batch, x.element_size())
+        variants.append([f"{method}-{n}", kernel, step, nbytes, flops, []])
     for v in variants:  # warm-up, and a block size of about 50 ms
         v[2](); v[2](); sync(device)
         n, t = 1, 0.0
@@ -146,6 +148,8 @@ def main(argv=None):
     p.add_argument("--methods", default="sal,bp,moe")
     p.add_argument("--kernels", default="auto", help="SAL/MoE routed layouts to compare, e.g. "
                    "auto,onehot,gather,sorted")
+    p.add_argument("--n-areas", default=None, help="comma list of area/expert counts for sal and "
+                   "moe (default: the shape's own)")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     if a.threads:
@@ -158,15 +162,16 @@ def main(argv=None):
         f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {where}; {a.dtype}; torch {torch.__version__}")
     print(f"measured: copy bandwidth {bandwidth / 1e9:.1f} GB/s, matmul {rate / 1e12:.3f} TFLOP/s")
-    print(f"{'shape':<17} {'method':<6} {'kernel':<7} {'step':>10} {'bytes fl.':>10} "
+    print(f"{'shape':<17} {'method':<7} {'kernel':<7} {'step':>10} {'bytes fl.':>10} "
           f"{'FLOP fl.':>10} {'ratio':>7} {'vs BP':>6}")
     for name in shapes:
-        rows = bench_shape(name, device, dtype, a.methods.split(","), a.kernels.split(","))
-        bp_time = next((t for m, _, t, _, _ in rows if m == "bp"), None)
+        counts = [int(n) for n in a.n_areas.split(",")] if a.n_areas else None
+        rows = bench_shape(name, device, dtype, a.methods.split(","), a.kernels.split(","), counts)
+        bp_time = next((t for m, _, t, _, _ in rows if m.startswith("bp")), None)
         for method, kernel, t, nbytes, flops in rows:
             fb, ff = nbytes / bandwidth, flops / rate
             vs = f"{t / bp_time:.2f}" if bp_time else "-"
-            print(f"{name:<17} {method:<6} {kernel:<7} {t * 1e6:>8.1f}µs {fb * 1e6:>8.1f}µs "
+            print(f"{name:<17} {method:<7} {kernel:<7} {t * 1e6:>8.1f}µs {fb * 1e6:>8.1f}µs "
                   f"{ff * 1e6:>8.1f}µs {t / max(fb, ff):>7.2f} {vs:>6}")
 
 

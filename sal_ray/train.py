@@ -124,6 +124,7 @@ def make_optimizer(net: Net, cfg: Config) -> torch.optim.Optimizer:
     groups = [{"params": rest, "lr": cfg.optim.lr}]
     if selectors:
         groups.append({"params": selectors, "lr": cfg.sal.lr_sel or cfg.optim.lr})
+    # foreach: one fused update over all tensors instead of a Python loop per tensor
     return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=0.0)
 
 
