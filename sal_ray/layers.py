@@ -66,50 +66,68 @@ def _sorted_groups(areas_B: torch.Tensor, n_areas: int):
     return order_B, counts
 
 
+class Routing:
+    """One batch's assignment of samples to areas, laid out once (block-one-hot
+    rows, or sort order and group sizes) and used by both the forward product
+    and the weight gradient, so a SAL step lays out and syncs only once."""
+
+    def __init__(self, x_BI, areas_B, n_areas: int, d_out: int, kernel: str = "auto"):
+        B, I = x_BI.shape
+        self.x_BI, self.areas_B, self.n_areas = x_BI, areas_B, n_areas
+        # areas_B is None on an unrouted layer (one area)
+        self.kind = "dense" if areas_B is None else \
+            pick_kernel(kernel, n_areas, B, I, d_out, x_BI.is_cuda)
+        if self.kind == "onehot":
+            self.rows = _onehot_rows(x_BI, areas_B, n_areas)
+        elif self.kind == "sorted":
+            self.order_B, self.counts = _sorted_groups(areas_B, n_areas)
+            self.xs = torch.split(x_BI[self.order_B], self.counts)
+
+    def linear(self, weight_NIO, bias_NO):
+        """u_BO = x W[area] + b[area] per sample. Differentiable in x, W and b."""
+        N, I, O = weight_NIO.shape
+        x_BI, areas_B = self.x_BI, self.areas_B
+        if self.kind == "dense":
+            return torch.addmm(bias_NO[0], x_BI, weight_NIO[0])
+        if self.kind == "onehot":
+            return torch.addmm(bias_NO[areas_B], self.rows, weight_NIO.view(N * I, O))
+        if self.kind == "gather":
+            return torch.bmm(x_BI.unsqueeze(1), weight_NIO[areas_B]).squeeze(1) + bias_NO[areas_B]
+        pieces = [torch.addmm(bias_NO[k], xk, weight_NIO[k])
+                  for k, xk in enumerate(self.xs) if self.counts[k]]
+        out_BO = torch.empty(x_BI.shape[0], O, dtype=x_BI.dtype, device=x_BI.device)
+        return out_BO.index_copy(0, self.order_B, torch.cat(pieces))
+
+    def weight_grad(self, delta_BO):
+        """(ΔW_NIO, Δb_NO): per-area sums of x_i^T δ_i and δ_i. Areas no sample
+        chose get exact zeros, so plain SGD leaves them bit-identical."""
+        x_BI, areas_B, N = self.x_BI, self.areas_B, self.n_areas
+        I, O = x_BI.shape[1], delta_BO.shape[1]
+        if self.kind == "dense":
+            return (x_BI.T @ delta_BO).unsqueeze(0), delta_BO.sum(0, keepdim=True)
+        db_NO = delta_BO.new_zeros(N, O).index_add_(0, areas_B, delta_BO)
+        if self.kind == "onehot":
+            return (self.rows.T @ delta_BO).view(N, I, O), db_NO
+        if self.kind == "gather":
+            outer_BIO = x_BI.unsqueeze(2) * delta_BO.unsqueeze(1)
+            return delta_BO.new_zeros(N, I, O).index_add_(0, areas_B, outer_BIO), db_NO
+        dW_NIO = delta_BO.new_zeros(N, I, O)
+        ds = torch.split(delta_BO[self.order_B], self.counts)
+        for k in range(N):
+            if self.counts[k]:
+                torch.mm(self.xs[k].T, ds[k], out=dW_NIO[k])
+        return dW_NIO, db_NO
+
+
 def routed_linear(x_BI, weight_NIO, bias_NO, areas_B, kernel: str = "auto"):
     """u_BO = x W[area] + b[area] per sample. Differentiable in x, W and b."""
-    N, I, O = weight_NIO.shape
-    B = x_BI.shape[0]
-    kind = pick_kernel(kernel, N, B, I, O, x_BI.is_cuda)
-    if kind == "dense":
-        return torch.addmm(bias_NO[0], x_BI, weight_NIO[0])
-    if kind == "onehot":
-        return torch.addmm(bias_NO[areas_B], _onehot_rows(x_BI, areas_B, N),
-                           weight_NIO.view(N * I, O))
-    if kind == "gather":
-        u_BO = torch.bmm(x_BI.unsqueeze(1), weight_NIO[areas_B]).squeeze(1)
-        return u_BO + bias_NO[areas_B]
-    order_B, counts = _sorted_groups(areas_B, N)
-    xs_BI = x_BI[order_B]
-    pieces = [torch.addmm(bias_NO[k], xk, weight_NIO[k])
-              for k, xk in enumerate(torch.split(xs_BI, counts)) if counts[k]]
-    out_BO = torch.empty(B, O, dtype=x_BI.dtype, device=x_BI.device)
-    return out_BO.index_copy(0, order_B, torch.cat(pieces))
+    N, _, O = weight_NIO.shape
+    return Routing(x_BI, areas_B, N, O, kernel).linear(weight_NIO, bias_NO)
 
 
 def routed_weight_grad(x_BI, delta_BO, areas_B, n_areas: int, kernel: str = "auto"):
-    """(ΔW_NIO, Δb_NO): per-area sums of x_i^T δ_i and δ_i. Areas no sample
-    chose get exact zeros, so plain SGD leaves them bit-identical."""
-    B, I = x_BI.shape
-    O = delta_BO.shape[1]
-    kind = pick_kernel(kernel, n_areas, B, I, O, x_BI.is_cuda)
-    if kind == "dense":
-        return (x_BI.T @ delta_BO).unsqueeze(0), delta_BO.sum(0, keepdim=True)
-    db_NO = delta_BO.new_zeros(n_areas, O).index_add_(0, areas_B, delta_BO)
-    if kind == "onehot":
-        dW = _onehot_rows(x_BI, areas_B, n_areas).T @ delta_BO
-        return dW.view(n_areas, I, O), db_NO
-    if kind == "gather":
-        outer_BIO = x_BI.unsqueeze(2) * delta_BO.unsqueeze(1)
-        return delta_BO.new_zeros(n_areas, I, O).index_add_(0, areas_B, outer_BIO), db_NO
-    order_B, counts = _sorted_groups(areas_B, n_areas)
-    dW_NIO = delta_BO.new_zeros(n_areas, I, O)
-    xs = torch.split(x_BI[order_B], counts)
-    ds = torch.split(delta_BO[order_B], counts)
-    for k in range(n_areas):
-        if counts[k]:
-            torch.mm(xs[k].T, ds[k], out=dW_NIO[k])
-    return dW_NIO, db_NO
+    """(ΔW_NIO, Δb_NO) for one batch; see `Routing.weight_grad`."""
+    return Routing(x_BI, areas_B, n_areas, delta_BO.shape[1], kernel).weight_grad(delta_BO)
 
 
 ACT_GAIN = {"relu": math.sqrt(2.0), "tanh": 5.0 / 3.0, "identity": 1.0}
@@ -126,7 +144,7 @@ def activate(name: str, u: torch.Tensor) -> torch.Tensor:
 def activation_grad(name: str, u: torch.Tensor, phi_u: torch.Tensor) -> torch.Tensor | float:
     """φ'(u), reusing φ(u) where that is cheaper."""
     if name == "relu":
-        return (u > 0).to(u.dtype)
+        return u > 0  # a bool mask: multiplying by it promotes to u's dtype
     if name == "tanh":
         return 1.0 - phi_u * phi_u
     return 1.0

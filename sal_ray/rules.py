@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import activation_grad, routed_weight_grad
+from .layers import Routing, activation_grad
 from .models import Net
 
 
@@ -62,10 +62,10 @@ def sal_grads(net: Net, x_BI, y_B, rule: SALRule = SALRule()):
     trace, all_areas, h = [], [], x_BI
     for layer in net.layers:
         z_BF, areas_B = layer.router(h) if layer.router is not None else (None, None)
-        u_BO = layer.areas(h, areas_B, net.kernel) if areas_B is not None else \
-            torch.addmm(layer.areas.bias[0], h, layer.areas.weight[0])
+        routing = Routing(h, areas_B, layer.spec.n_areas, layer.spec.d_out, net.kernel)
+        u_BO = routing.linear(layer.areas.weight, layer.areas.bias)
         h_next, phi_BO = layer.finish(h, u_BO)
-        trace.append((h, z_BF, areas_B, u_BO, phi_BO, h_next))
+        trace.append((routing, z_BF, u_BO, phi_BO, h_next))
         all_areas.append(areas_B)
         h = h_next
 
@@ -73,25 +73,28 @@ def sal_grads(net: Net, x_BI, y_B, rule: SALRule = SALRule()):
     E_top_BC = _class_error(h, onehot_BC, batch)
 
     # Each layer's update depends on the others only through E_top.
-    for layer, (x, z_BF, areas_B, u_BO, phi_BO, h_BO) in zip(net.layers, trace):
-        B_OC = layer.feedback
-        E_BC = E_top_BC
-        if rule.lambda_local and (rule.output_local or not layer.is_output):
-            E_BC = E_top_BC + rule.lambda_local * _class_error(h_BO @ B_OC, onehot_BC, batch)
-        delta_BO = activation_grad(layer.spec.activation, u_BO, phi_BO) * (E_BC @ B_OC.T)
-        n_areas = layer.spec.n_areas
-        if areas_B is None:
-            dW, db = (x.T @ delta_BO).unsqueeze(0), delta_BO.sum(0, keepdim=True)
+    for layer, (routing, z_BF, u_BO, phi_BO, h_BO) in zip(net.layers, trace):
+        local = rule.lambda_local and (rule.output_local or not layer.is_output)
+        if layer.is_output:
+            # B = I here, so the local logits are h itself and e_local = E_top.
+            E_BC = E_top_BC * (1.0 + rule.lambda_local) if local else E_top_BC
+            grad_h_BO = E_BC
         else:
-            dW, db = routed_weight_grad(x, delta_BO, areas_B, n_areas, net.kernel)
-            if rule.area_grad_scale == "area":
-                counts_N = torch.zeros(n_areas, dtype=x.dtype, device=x.device).index_add_(
-                    0, areas_B, torch.ones_like(x[:, 0]))
-                scale_N = batch / counts_N.clamp(min=1)
-                dW, db = dW * scale_N.view(-1, 1, 1), db * scale_N.view(-1, 1)
+            B_OC = layer.feedback
+            E_BC = E_top_BC
+            if local:
+                E_BC = E_top_BC + rule.lambda_local * _class_error(h_BO @ B_OC, onehot_BC, batch)
+            grad_h_BO = E_BC @ B_OC.T
+        delta_BO = grad_h_BO * activation_grad(layer.spec.activation, u_BO, phi_BO)
+        dW, db = routing.weight_grad(delta_BO)
+        if rule.area_grad_scale == "area" and routing.areas_B is not None:
+            counts_N = torch.zeros_like(db[:, 0]).index_add_(
+                0, routing.areas_B, torch.ones_like(delta_BO[:, 0]))
+            scale_N = batch / counts_N.clamp(min=1)
+            dW, db = dW * scale_N.view(-1, 1, 1), db * scale_N.view(-1, 1)
         layer.areas.weight.grad, layer.areas.bias.grad = dW, db
         if z_BF is not None:
             # Selector loss CE(z, y) with z as d_f logits; x is a constant here.
             onehot_BF = F.pad(onehot_BC, (0, z_BF.shape[1] - C))
-            layer.router.weight.grad = x.T @ _class_error(z_BF, onehot_BF, batch)
+            layer.router.weight.grad = routing.x_BI.T @ _class_error(z_BF, onehot_BF, batch)
     return loss, h, all_areas
