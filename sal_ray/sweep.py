@@ -37,6 +37,7 @@ without them.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import datetime
 import hashlib
@@ -47,9 +48,11 @@ import os
 import pickle
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -653,6 +656,20 @@ def _make_reporter(ctx: _Context, seed_index: int, prior: list[dict], common: di
     return TuneReport()
 
 
+_TRIAL_THREADS: weakref.WeakSet = weakref.WeakSet()
+_JOIN_AT_EXIT = False
+
+
+def _join_trial_threads() -> None:
+    """At a worker's exit, let trial threads finish unwinding first. A trial the
+    scheduler stopped leaves its thread through SystemExit, freeing tensors; if the
+    interpreter finalises meanwhile (Tune ends the actor), the thread dies inside
+    torch's deallocator and the process aborts with SIGABRT."""
+    for thread in list(_TRIAL_THREADS):
+        if thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+
 def _run_trial(config: dict, ctx: _Context) -> None:
     """One Tune trial: the configuration `config` for every seed, in order."""
     from ray import tune as rt
@@ -660,6 +677,11 @@ def _run_trial(config: dict, ctx: _Context) -> None:
     from . import tracking
     from .data import DataError
     from .train import fit
+
+    global _JOIN_AT_EXIT
+    if not _JOIN_AT_EXIT:
+        _JOIN_AT_EXIT = bool(atexit.register(_join_trial_threads))
+    _TRIAL_THREADS.add(threading.current_thread())
 
     dataset, method = config["dataset"], config["method"]
     key = f"{dataset}/{method}"
@@ -842,6 +864,16 @@ def _make_recorder(plan: Plan, say):
     return Recorder()
 
 
+def _print(*args, **kwargs) -> None:
+    """print, looked up when called: Tune pickles the callbacks that hold it, and
+    Ray's progress bars may have replaced builtins.print meanwhile."""
+    print(*args, **kwargs)
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
 def _short(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -913,6 +945,33 @@ class SweepResults:
             lines.append(f"{r['dataset']:<14}{r['method']:<7}{pm('val_acc', 100):>16}"
                          f"{pm('train_loss', 1, 3):>17}{pm('val_loss', 1, 3):>17}{ok:>8}  "
                          f"{r.get('best') if isinstance(r.get('best'), str) else '(none completed)'}")
+        return "\n".join(lines)
+
+    def grid(self, by: Sequence[str] = ("method", "n_areas"), metric: str = "val_acc") -> str:
+        """Every completed configuration as text: datasets down, the values of `by`
+        across, mean ± std over seeds of the final `metric` (accuracies in %): the
+        layout of the paper's protocol tables."""
+        done = self.trials[self.trials.status == "completed"] if len(self.trials) else self.trials
+        if not len(done):
+            return "(no completed trial)"
+        scale = 100 if metric.endswith("_acc") else 1
+        cols = list(dict.fromkeys(tuple(r[k] for k in by) for _, r in done.iterrows()))
+        labels = ["-".join(map(_short, c)) for c in cols]
+        width = max(16, *(len(x) + 2 for x in labels))
+        lines = [f"final {metric}{' %' if scale == 100 else ''}, mean ± std over seeds",
+                 f"{'dataset':<14}" + "".join(f"{x:>{width}}" for x in labels)]
+        for dataset in dict.fromkeys(done.dataset):
+            cells = []
+            for c in cols:
+                hit = done[(done.dataset == dataset)
+                           & (done[list(by)].apply(tuple, axis=1) == c)]
+                if len(hit):
+                    r = hit.iloc[0]
+                    cells.append(f"{scale * r[f'final_{metric}_mean']:.2f} ± "
+                                 f"{scale * r[f'final_{metric}_std']:.2f}")
+                else:
+                    cells.append("-")
+            lines.append(f"{dataset:<14}" + "".join(f"{x:>{width}}" for x in cells))
         return "\n".join(lines)
 
     def runs(self):
@@ -1008,7 +1067,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          max_concurrent: int | None = None, time_budget_s: float | None = None,
          storage_path: str | None = None, log_model: str = "best",
          flush_every_s: float | None = None, verbose: int = 1,
-         dry_run: bool = False) -> SweepResults | Plan:
+         table_by: Sequence[str] | None = None, dry_run: bool = False) -> SweepResults | Plan:
     """Search trainer configurations with Ray Tune + Optuna, tracked in MLflow.
 
     datasets, methods: the studies; each (dataset, method) is its own Optuna study
@@ -1036,13 +1095,15 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     address: a Ray cluster (default $RAY_ADDRESS, else a `ray start` cluster on this
         machine, else a local Ray with `num_cpus`).
     log_model: 'best' (weights of each pair's best-so-far trial), 'all' or 'none'.
+    table_by: also print every configuration, datasets down and these options
+        across (SweepResults.grid), after the comparison table.
     dry_run: validate and return the Plan without starting Ray or touching MLflow.
 
     Returns SweepResults. Raises ConfigError (naming the option) before any trial
     starts when an input is wrong.
     """
     t0 = time.perf_counter()
-    say = print if verbose else (lambda *a, **k: None)
+    say = _print if verbose else _silent
     if log_model not in ("best", "all", "none"):
         raise ConfigError("log_model", f"must be 'best', 'all' or 'none'; got {log_model!r}")
     _check_positive_int("max_concurrent", max_concurrent, allow_none=True)
@@ -1070,7 +1131,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
         tracking.set_status(parent, "crashed", uri, f"{type(e).__name__}: {e}"[:500])
         raise
     results.elapsed_s = time.perf_counter() - t0
-    _finish(results, uri, say)
+    _finish(results, uri, say, table_by)
     return results
 
 
@@ -1111,7 +1172,7 @@ def _execute(p: Plan, uri, experiment_id, parent, address, num_cpus, max_concurr
         from ray.tune.schedulers import ASHAScheduler
         max_t = p.seeds * p.max_epochs
         settings = {k: v for k, v in scheduler.items() if k != "name"}
-        settings.setdefault("grace_period", max(1, max_t // 8))
+        settings.setdefault("grace_period", max(1, max_t // 4))
         settings.setdefault("reduction_factor", 3)
         scheduler = ASHAScheduler(time_attr="training_iteration", metric=f"mean_{p.metrics[0]}",
                                   mode=p.modes[0], max_t=max_t, stop_last_trials=False, **settings)
@@ -1140,14 +1201,21 @@ class _quiet:
     """Tune's own console output and warnings off unless verbose >= 2 (our lines say
     what happens); Optuna's per-study info lines off. Restored on exit."""
 
-    LOGGERS = ("ray.tune", "ray.train", "optuna")
+    LOGGERS = ("ray.tune", "ray.train")
 
     def __init__(self, verbose: int):
         self.verbose = verbose
 
     def __enter__(self):
         import logging
+
+        import optuna  # configures its logger on import: quiet it after that
+        self.optuna_level = optuna.logging.get_verbosity()
+        if self.verbose < 2:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.env = os.environ.get("RAY_AIR_NEW_OUTPUT")
+        self.patch = os.environ.get("RAY_TQDM_PATCH_PRINT")
+        os.environ["RAY_TQDM_PATCH_PRINT"] = "0"  # leave the caller's print alone
         self.levels = {n: logging.getLogger(n).level for n in self.LOGGERS}
         self.warn = warnings.catch_warnings()
         self.warn.__enter__()
@@ -1159,16 +1227,20 @@ class _quiet:
 
     def __exit__(self, *exc):
         import logging
-        if self.env is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = self.env
+
+        import optuna
+        optuna.logging.set_verbosity(self.optuna_level)
+        for key, value in (("RAY_AIR_NEW_OUTPUT", self.env), ("RAY_TQDM_PATCH_PRINT", self.patch)):
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         for n, level in self.levels.items():
             logging.getLogger(n).setLevel(level)
         self.warn.__exit__(*exc)
 
 
-def _finish(res: SweepResults, uri: str, say) -> None:
+def _finish(res: SweepResults, uri: str, say, table_by=None) -> None:
     """Close runs a stopped or crashed trial left open, record the outcome on the
     sweep's parent run, print the table and how to look at it."""
     from . import tracking
@@ -1193,13 +1265,90 @@ def _finish(res: SweepResults, uri: str, say) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         res.trials.to_csv(os.path.join(tmp, "trials.csv"), index=False)
         res.summary().to_csv(os.path.join(tmp, "summary.csv"), index=False)
-        Path(tmp, "summary.txt").write_text(res.table() + "\n")
+        Path(tmp, "summary.txt").write_text(
+            res.table() + "\n" + (f"\n{res.grid(table_by)}\n" if table_by else ""))
         Path(tmp, "best.json").write_text(json.dumps(best_json, indent=2, default=str))
         tracking.with_retry(c.log_artifacts, res.parent_run_id, tmp)
     tracking.with_retry(c.set_terminated, res.parent_run_id, "FINISHED")
     say("")
     say(res.table())
+    if table_by:
+        say("")
+        say(res.grid(table_by))
     say(f"\nsweep '{res.name}' done in {res.elapsed_s:.0f} s; "
         f"{len(res.trials)} trials in MLflow experiment '{res.experiment}'.")
     say(f"Open the MLflow UI:  {tracking.ui_command(uri)}")
     say(f"  then filter runs:  tags.sweep = '{res.name}'")
+
+
+# ---- the sweep scripts (sweeps/*.py) ------------------------------------------------
+# Here, not in sweeps/: `ray submit` copies only the script itself to the head node.
+
+def script_parser(doc: str, *, datasets: Sequence[str], seeds: int):
+    """The options every study script takes (its docstring is the help text)."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=list(datasets), metavar="NAME",
+                    help=f"datasets, or 'all' (default: {' '.join(datasets)})")
+    ap.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                    help="a subset of the study's methods")
+    ap.add_argument("--trials", type=int, default=None,
+                    help="trials per (dataset, method): a search's budget, or the first N "
+                         "configurations of a grid (default: the study's)")
+    ap.add_argument("--seeds", type=int, default=seeds, help=f"seeds per configuration ({seeds})")
+    ap.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
+    ap.add_argument("--quick", action="store_true",
+                    help="a few minutes on a laptop CPU, on Digits (a smoke run, not the protocol)")
+    ap.add_argument("--experiment", default=None, help="MLflow experiment (default sal-STUDY)")
+    ap.add_argument("--name", default=None, help="sweep name (parent run, tag 'sweep')")
+    ap.add_argument("--tracking-uri", default=None,
+                    help="MLflow store (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    ap.add_argument("--address", default=None,
+                    help="Ray cluster (default $RAY_ADDRESS, a `ray start` cluster here, or local)")
+    ap.add_argument("--cpus-per-trial", type=float, default=None)
+    ap.add_argument("--gpus-per-trial", type=float, default=None,
+                    help="default: the study's share on a cluster, 0 locally")
+    ap.add_argument("--max-concurrent", type=int, default=None)
+    ap.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
+    ap.add_argument("-v", "--verbose", type=int, default=1, help="0 quiet, 1 lines, 2 Tune's own")
+    return ap
+
+
+def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any],
+               fixed: dict[str, Any], sampler: Any = "grid", scheduler: Any = None,
+               trials: int | None = None, quick: dict[str, Any] | None = None,
+               gpus: float = 0.0, cpus: float = 1.0,
+               by: Sequence[str] | None = None, method_spaces: dict | None = None,
+               metric: Any = "val_acc", mode: Any = "max"):
+    """Run one study from its parsed options; prints the protocol table (`by`) after
+    the comparison table (both also go to the sweep's parent run). `quick` overrides apply with --quick: datasets, seeds,
+    trials, fixed, space, scheduler; --seeds, --trials and --epochs given on the
+    command line win over both. On a cluster each trial takes `gpus` GPUs."""
+    datasets = list(DATASETS) if args.datasets == ["all"] else list(args.datasets)
+    seeds, space, fixed = args.seeds, dict(space), dict(fixed)
+    if args.quick:
+        q = quick or {}
+        datasets = list(q.get("datasets", ["digits"]))
+        seeds = q.get("seeds", seeds)
+        trials = q.get("trials", trials)
+        fixed.update(q.get("fixed", {}))
+        space.update(q.get("space", {}))
+        scheduler = q.get("scheduler", scheduler)
+    if args.trials is not None:
+        trials = args.trials
+    if args.epochs is not None:
+        fixed["epochs"] = args.epochs
+    on_cluster = _on_cluster(args.address)
+    resources = {"cpu": args.cpus_per_trial or (2.0 * cpus if on_cluster and gpus else cpus),
+                 "gpu": args.gpus_per_trial if args.gpus_per_trial is not None
+                 else (gpus if on_cluster else 0.0)}
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    res = tune(datasets, args.methods or list(methods), space, fixed=fixed,
+               method_spaces=method_spaces, trials=trials, sampler=sampler, scheduler=scheduler,
+               seeds=seeds, resources=resources, metric=metric, mode=mode,
+               experiment=args.experiment or f"sal-{study}",
+               name=args.name or f"{study}{'-quick' if args.quick else ''}-{stamp}",
+               tracking_uri=args.tracking_uri, address=args.address,
+               max_concurrent=args.max_concurrent, verbose=args.verbose, table_by=by,
+               dry_run=args.dry_run)
+    return res

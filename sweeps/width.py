@@ -1,0 +1,31 @@
+"""Width study (paper Fig. 3): the Depth study's residual net at depth 64 with
+width in {1024, 2048, 4096}; SAL with 4 areas on the input and hidden layers
+against BP. At width 4096 SAL holds about 1B active and over 4B total parameters:
+that needs an 80 GB GPU per trial (see ray_cluster.yaml for the instance type).
+
+    ray submit ray_cluster.yaml sweeps/width.py
+    python sweeps/width.py --datasets semeion --gpus-per-trial 1
+    python sweeps/width.py --quick              # Digits, depth 4, width 64/128/256, 3 epochs
+
+Prints the comparison table and accuracy per (method, width), then how to open
+the MLflow UI.
+"""
+
+from sal_ray.sweep import run_script, script_parser
+
+PROTOCOL = dict(arch="residual", routed="hidden", n_areas=4, depth=64, lr=1e-4,
+                batch_size=16, epochs=25)
+
+
+def main(argv=None):
+    args = script_parser(__doc__, datasets=["cifar10", "fer2013", "semeion", "stl10"],
+                         seeds=5).parse_args(argv)
+    return run_script(args, study="width", methods=["sal", "bp"],
+                      space={"width": [1024, 2048, 4096]}, fixed=PROTOCOL, sampler="grid",
+                      quick={"seeds": 1, "fixed": {"depth": 4, "epochs": 3},
+                             "space": {"width": [64, 128, 256]}},
+                      gpus=1.0, cpus=2.0, by=("method", "width"))
+
+
+if __name__ == "__main__":
+    main()
