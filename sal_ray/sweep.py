@@ -57,8 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .config import (DATASETS, METHODS, OPTION_SECTION, Config, ConfigError, coerce,
-                     option_type, validate)
+from .config import (DATASETS, DEFAULTS, METHODS, OPTION_SECTION, Config, ConfigError,
+                     coerce, option_type, validate)
 
 # ---- search spaces ---------------------------------------------------------------
 
@@ -1008,12 +1008,17 @@ def _dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> 
 def _collect(plan: Plan, recorder) -> tuple[Any, dict, dict]:
     """The trials table, the best trial and the Pareto front per pair."""
     import pandas as pd
+    searched = list(dict.fromkeys(k for p in plan.pairs for k in p.space))
+    fixed_of = {p.key: p.fixed for p in plan.pairs}
     rows = []
     for tid in recorder.order:
         cfg, last = recorder.config.get(tid, {}), recorder.last.get(tid, {})
         status = recorder.status.get(tid) or _trial_status(last)
         row = {"trial_id": tid, "dataset": cfg.get("dataset"), "method": cfg.get("method"),
                "status": status}
+        pair = fixed_of.get(f"{row['dataset']}/{row['method']}", {})
+        # an option another method searches shows this trial's fixed value (bp: n_areas 1)
+        row.update({k: pair.get(k, DEFAULTS.get(k)) for k in searched})
         row.update({k: v for k, v in cfg.items() if k not in ("dataset", "method")})
         for m in plan.metrics:
             v = last.get(f"mean_{m}")
@@ -1030,7 +1035,6 @@ def _collect(plan: Plan, recorder) -> tuple[Any, dict, dict]:
         row["message"] = last.get("message", recorder.errors.get(tid, ""))
         rows.append(row)
     df = pd.DataFrame(rows)
-    searched = list(dict.fromkeys(k for p in plan.pairs for k in p.space))
     for k in searched:  # an option one method does not search is missing there, not NaN-float
         if k in df and option_type(k) == "int" and df[k].dtype.kind == "f":
             df[k] = df[k].astype("Int64")
@@ -1295,7 +1299,9 @@ def script_parser(doc: str, *, datasets: Sequence[str], seeds: int):
     ap.add_argument("--trials", type=int, default=None,
                     help="trials per (dataset, method): a search's budget, or the first N "
                          "configurations of a grid (default: the study's)")
-    ap.add_argument("--seeds", type=int, default=seeds, help=f"seeds per configuration ({seeds})")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help=f"seeds per configuration (default {seeds})")
+    ap.set_defaults(study_seeds=seeds)
     ap.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
     ap.add_argument("--quick", action="store_true",
                     help="a few minutes on a laptop CPU, on Digits (a smoke run, not the protocol)")
@@ -1325,7 +1331,7 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
     trials, fixed, space, scheduler; --seeds, --trials and --epochs given on the
     command line win over both. On a cluster each trial takes `gpus` GPUs."""
     datasets = list(DATASETS) if args.datasets == ["all"] else list(args.datasets)
-    seeds, space, fixed = args.seeds, dict(space), dict(fixed)
+    seeds, space, fixed = args.study_seeds, dict(space), dict(fixed)
     if args.quick:
         q = quick or {}
         datasets = list(q.get("datasets", ["digits"]))
@@ -1334,6 +1340,8 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
         fixed.update(q.get("fixed", {}))
         space.update(q.get("space", {}))
         scheduler = q.get("scheduler", scheduler)
+    if args.seeds is not None:
+        seeds = args.seeds
     if args.trials is not None:
         trials = args.trials
     if args.epochs is not None:

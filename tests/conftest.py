@@ -15,8 +15,10 @@ def ray_session():
     started = False
     if not ray.is_initialized():
         # address="local": never join a cluster that $RAY_ADDRESS or `ray start` names
+        # configure_logging=False: a handler Ray would bind to the stderr of the test
+        # that happens to start it is closed once that test's capture ends
         ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 logging_level="WARNING", configure_logging=True)
+                 logging_level="WARNING", configure_logging=False)
         started = True
     yield ray
     if started and ray.is_initialized():
@@ -28,7 +30,7 @@ def ray_local(ray_session):
     """The session's Ray, restarted if a test shut it down."""
     if not ray_session.is_initialized():
         ray_session.init(address="local", num_cpus=2, include_dashboard=False,
-                         logging_level="WARNING")
+                         logging_level="WARNING", configure_logging=False)
     return ray_session
 
 

@@ -219,20 +219,20 @@ def test_multi_objective_search(mixed):
 
 @pytest.fixture(scope="module")
 def asha(ray_session, tmp_path_factory, store):
-    # good learning rates first: ASHA records them, then stops the poor ones at rung 1
+    # one trial at a time, a good learning rate first: ASHA records it at every rung,
+    # so the next (poor) one falls below the cutoff at rung 1 and is stopped
     return sweep(tmp_path_factory, store, "asha", ["digits"], ["sal"],
-                 {"lr": [0.1, 0.08, 1e-6, 2e-6, 3e-6]}, sampler="grid",
+                 {"lr": [0.1, 1e-6, 2e-6, 3e-6]}, sampler="grid",
                  fixed={**BASE, "epochs": 3, "n_areas": 1}, seeds=1,
-                 scheduler={"grace_period": 1, "reduction_factor": 2}, max_concurrent=2)
+                 scheduler={"grace_period": 1, "reduction_factor": 2}, max_concurrent=1)
 
 
 def test_asha_stops_poor_trials_and_best_is_among_completed(asha):
     res, client = asha
     st = dict(zip(res.trials.lr, res.trials.status))
-    assert st[0.1] == st[0.08] == "completed"
-    stopped = [lr for lr, s in st.items() if s == "stopped"]
-    assert stopped and set(st.values()) <= {"completed", "stopped"}
-    assert res.best[("digits", "sal")]["params"]["lr"] in (0.1, 0.08)
+    assert st[0.1] == "completed" and st[1e-6] == "stopped"
+    assert set(st.values()) <= {"completed", "stopped"}
+    assert res.best[("digits", "sal")]["params"]["lr"] == 0.1
     kids = children(res, client)
     for r in kids:
         lr = float(r.data.params["lr"])

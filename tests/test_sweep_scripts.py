@@ -1,0 +1,108 @@
+"""The study scripts in sweeps/: each declares its paper protocol (checked on the
+plan, without Ray), takes --datasets/--trials/--quick, and one runs for real."""
+
+from __future__ import annotations
+
+import pathlib
+import runpy
+
+import pytest
+
+from sal_ray.sweep import Plan, SweepResults
+
+SWEEPS = pathlib.Path(__file__).resolve().parents[1] / "sweeps"
+PAPER = dict(lr=1e-4, batch_size=16, epochs=25)
+
+
+def script(name: str):
+    return runpy.run_path(str(SWEEPS / f"{name}.py"), run_name="sweep_script")["main"]
+
+
+def plan(name: str, *argv: str) -> Plan:
+    p = script(name)(["--dry-run", "--verbose", "0", *argv])
+    assert isinstance(p, Plan)
+    return p
+
+
+def fixed(p: Plan, method: str) -> dict:
+    return next(x.fixed for x in p.pairs if x.method == method)
+
+
+def grid(p: Plan, method: str) -> list:
+    return next(x.grid for x in p.pairs if x.method == method)
+
+
+@pytest.mark.parametrize("name", ["convergence", "depth", "width", "moe", "search"])
+def test_every_script_has_help_and_a_quick_plan(name, capsys):
+    with pytest.raises(SystemExit) as info:
+        script(name)(["--help"])
+    assert info.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+    p = plan(name, "--quick")
+    assert {x.dataset for x in p.pairs} == {"digits"} and p.total_trials <= 60
+
+
+def test_convergence_is_table_2():
+    p = plan("convergence", "--datasets", "digits")
+    assert [x.method for x in p.pairs] == ["sal", "bp"] and p.seeds == 5
+    sal = fixed(p, "sal")
+    assert {k: sal[k] for k in PAPER} == PAPER
+    assert (sal["arch"], sal["depth"], sal["width"], sal["routed"]) == ("mlp", 2, 256, "first")
+    assert grid(p, "sal") == [{"n_areas": n} for n in (1, 2, 4, 8, 16)]
+    assert grid(p, "bp") == [{}] and fixed(p, "bp")["n_areas"] == 1
+
+
+def test_depth_and_width_protocols():
+    d = plan("depth", "--datasets", "digits")
+    sal = fixed(d, "sal")
+    assert (sal["arch"], sal["routed"], sal["n_areas"], sal["width"]) == \
+        ("residual", "hidden", 4, 256)
+    assert {k: sal[k] for k in PAPER} == PAPER
+    assert grid(d, "sal") == [{"depth": n} for n in (4, 16, 64, 128)]
+    w = plan("width", "--datasets", "digits")
+    assert fixed(w, "sal")["depth"] == 64 and fixed(w, "sal")["arch"] == "residual"
+    assert grid(w, "bp") == [{"width": n} for n in (1024, 2048, 4096)]
+
+
+def test_depth_and_width_default_to_the_papers_four_datasets():
+    for name in ("depth", "width"):
+        src = (SWEEPS / f"{name}.py").read_text()
+        assert 'datasets=["cifar10", "fer2013", "semeion", "stl10"]' in src
+
+
+def test_moe_pairs_sal_with_experts():
+    p = plan("moe", "--datasets", "digits")
+    assert [x.method for x in p.pairs] == ["sal", "moe"]
+    assert grid(p, "moe") == [{"n_areas": n} for n in (1, 2, 4, 8, 16)]
+
+
+def test_search_gives_each_method_the_same_budget():
+    p = plan("search", "--datasets", "digits", "--trials", "7")
+    assert {x.budget for x in p.pairs} == {7} and len(p.pairs) == 3
+    assert p.sampler == "tpe" and p.scheduler["name"] == "asha"
+    assert "n_areas" not in next(x.space for x in p.pairs if x.method == "bp")
+    assert set(next(x.space for x in p.pairs if x.method == "sal")) == \
+        {"lr", "n_areas", "depth", "width", "batch_size"}
+
+
+def test_command_line_overrides():
+    p = plan("convergence", "--datasets", "digits", "--seeds", "2", "--epochs", "3",
+             "--trials", "2", "--methods", "sal")
+    assert p.seeds == 2 and fixed(p, "sal")["epochs"] == 3
+    assert [x.method for x in p.pairs] == ["sal"] and p.pairs[0].budget == 2
+
+
+@pytest.mark.ray
+def test_a_script_runs_and_prints_its_tables(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Tune's folder (runs/ray) goes to the cwd
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = script("convergence")(["--quick", "--seeds", "1", "--epochs", "1", "--tracking-uri",
+                                 uri, "--name", "conv-test"])
+    assert isinstance(res, SweepResults) and len(res.trials) == 6
+    out = capsys.readouterr().out
+    assert "best configuration" in out and "final val_acc %" in out
+    for label in ("sal-1", "sal-16", "bp-1"):
+        assert label in out
+    assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in out
+    assert "tags.sweep = 'conv-test'" in out
+    assert out.rstrip().endswith("tags.sweep = 'conv-test'")
