@@ -847,13 +847,15 @@ def _make_recorder(plan: Plan, say):
             cfg, last = self.config[tid], self.last.get(tid, {})
             m0 = plan.metrics[0]
             value = last.get(f"final_{m0}_mean", last.get(f"mean_{m0}"))
-            shown = "" if value is None or not math.isfinite(value) else f"{m0} {value:.4g}"
-            if value is not None and last.get(f"final_{m0}_std") and plan.seeds > 1:
-                shown += f" ± {last[f'final_{m0}_std']:.2g}"
+            shown = "" if value is None or not math.isfinite(value) else f"{m0} {value:.4f}"
+            if f"final_{m0}_std" in last and plan.seeds > 1:
+                shown += f" ± {last[f'final_{m0}_std']:.4f}"
             params = " ".join(f"{k}={_short(v)}" for k, v in cfg.items()
                               if k not in ("dataset", "method"))
-            say(f"[{self.done}/{plan.total_trials}] {cfg.get('dataset')}/{cfg.get('method')} "
-                f"{self.status[tid]:<9} {shown:<22} {params}")
+            n = len(str(plan.total_trials))
+            key = f"{cfg.get('dataset')}/{cfg.get('method')}"
+            say(f"[{self.done:>{n}}/{plan.total_trials}] {key:<14} {self.status[tid]:<9} "
+                f"{shown:<26} {params}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._end(trial, error=False)

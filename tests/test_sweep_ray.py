@@ -12,7 +12,8 @@ costs ~10 s of actor start-up here, so they are few and each covers much):
 
 from __future__ import annotations
 
-import math
+import pathlib
+import re
 
 import pytest
 import torch
@@ -243,3 +244,20 @@ def test_asha_stops_poor_trials_and_best_is_among_completed(asha):
     (study,) = res.studies.values()
     assert sorted(t.state.name for t in study.trials) == sorted(
         "COMPLETE" if s == "completed" else "PRUNED" for s in st.values())
+
+
+def test_the_documented_search_filters_work(search):
+    """Every filter docs/sweeps.md shows parses against a real store."""
+    res, client = search
+    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
+    block = re.search(r"Search filters.*?```\n(.*?)```", doc, re.S).group(1)
+    filters = [line.strip() for line in block.splitlines() if line.strip()]
+    assert len(filters) >= 6
+    for f in filters:
+        f = re.sub(r"tags.sweep = '[^']*'", f"tags.sweep = '{res.name}'", f)
+        client.search_runs([res.experiment_id], filter_string=f)  # raises if malformed
+    hits = client.search_runs([res.experiment_id],
+                              filter_string="params.method = 'sal' and params.dataset = 'digits'")
+    assert len(hits) == 4
+    assert len(client.search_runs([res.experiment_id],
+                                  filter_string="tags.model_logged = 'true'")) >= 3 * 2
