@@ -1122,9 +1122,9 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
         return p
     from . import tracking
     uri = tracking.resolve_uri(tracking_uri)
-    experiment_id = tracking.check_store(uri, experiment)
     say(p.describe())
     say(f"tracking: {tracking.redact(uri)}, experiment '{experiment}'")
+    experiment_id = _store_and_ray(uri, experiment, address, num_cpus)
     parent = tracking.start_run(uri, experiment_id, p.name, {
         "sweep": p.name, "kind": "sweep", "status": "running",
         "datasets": ",".join(dict.fromkeys(x.dataset for x in p.pairs)),
@@ -1139,6 +1139,30 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     results.elapsed_s = time.perf_counter() - t0
     _finish(results, uri, say, table_by)
     return results
+
+
+def _store_and_ray(uri: str, experiment: str, address, num_cpus) -> str:
+    """Reach the tracking store, then start (or join) Ray; returns the experiment id.
+
+    A server is asked before Ray starts, so a wrong address fails at once. A new
+    SQLite store spends seconds on MLflow's schema migrations: once its folder is
+    known to be there, that runs in a thread while Ray starts. Either way a store
+    that cannot be used raises ConfigError before any trial."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import tracking
+    if not tracking.is_sqlite(uri):
+        experiment_id = tracking.check_store(uri, experiment)
+        _init_ray(address, num_cpus)
+        return experiment_id
+    tracking.check_sqlite_folder(uri)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-store") as pool:
+        store = pool.submit(tracking.check_store, uri, experiment)
+        try:
+            _init_ray(address, num_cpus)
+        finally:
+            experiment_id = store.result()
+    return experiment_id
 
 
 def _log_sweep_params(uri: str, parent: str, p: Plan) -> None:
@@ -1163,7 +1187,6 @@ def _execute(p: Plan, uri, experiment_id, parent, address, num_cpus, max_concurr
     from ray import tune as rt
 
     from . import tracking
-    _init_ray(address, num_cpus)
     ctx = _Context(p.name, uri, experiment_id, parent,
                    fixed={x.key: x.fixed for x in p.pairs},
                    searched={x.key: tuple(x.space) for x in p.pairs},

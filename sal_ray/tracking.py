@@ -97,6 +97,21 @@ def _sqlite_artifact_root(uri: str, experiment: str) -> str | None:
     return None
 
 
+def is_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
+
+
+def check_sqlite_folder(uri: str) -> None:
+    """The folder of a SQLite store must exist and be writable (checked in an instant)."""
+    folder = Path(uri[len("sqlite:///"):]).parent
+    if not folder.is_dir():
+        raise ConfigError("tracking_uri", f"cannot reach the MLflow store {uri}: "
+                          f"folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError("tracking_uri", f"cannot write the MLflow store {uri}: "
+                          f"folder {folder} is not writable")
+
+
 def check_store(uri: str, experiment: str) -> str:
     """Reach the store and get (or create) `experiment`; returns its id.
 
@@ -106,12 +121,12 @@ def check_store(uri: str, experiment: str) -> str:
     """
     if not experiment or not isinstance(experiment, str):
         raise ConfigError("experiment", f"must be a non-empty name; got {experiment!r}")
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
-        if not folder.is_dir():
-            raise ConfigError("tracking_uri", f"cannot reach the MLflow store {uri}: "
-                              f"folder {folder} does not exist")
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    if is_sqlite(uri):
+        check_sqlite_folder(uri)
+    # only for a server: the environment is the process's, and Ray may be starting
+    # workers from it concurrently (see sweep._store_and_ray)
+    quick = {} if is_sqlite(uri) else {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
     saved = {k: os.environ.get(k) for k in quick}
     os.environ.update(quick)
     try:
