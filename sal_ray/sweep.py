@@ -287,7 +287,7 @@ def _resources(resources) -> dict[str, float]:
     return res
 
 
-def _sampler(sampler, metrics) -> Any:
+def _sampler(sampler) -> Any:
     if isinstance(sampler, str):
         if sampler.lower() not in SAMPLERS:
             raise ConfigError("sampler", f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}"
@@ -339,10 +339,10 @@ def _pair(dataset: str, method: str, space: dict[str, Spec], fixed: dict[str, An
         if name in space:
             del space[name]
             notes.append(f"{name} not searched for {method} (no effect or not allowed)")
-        if method == "bp" and name == "n_areas" and fixed.get("n_areas", 1) != 1:
+    if method == "bp":  # one area, no router: the trainer refuses anything else
+        if fixed.get("n_areas", 1) != 1:
             notes.append(f"n_areas fixed to 1 for bp (was {fixed['n_areas']})")
-        if method == "bp" and name == "n_areas":
-            fixed["n_areas"] = 1
+        fixed["n_areas"] = 1
     from .data import DATASETS_INFO
     n_classes = DATASETS_INFO[dataset].n_classes  # enables the router's d_f >= classes check
     try:
@@ -374,7 +374,7 @@ def _pair(dataset: str, method: str, space: dict[str, Spec], fixed: dict[str, An
         notes.append("nothing left to search: one configuration")
     else:
         budget = trials
-    return Pair(dataset, method, space, {k: v for k, v in fixed.items()}, budget, points, notes)
+    return Pair(dataset, method, space, fixed, budget, points, notes)
 
 
 def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[str] = METHODS,
@@ -389,7 +389,7 @@ def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     datasets = _names(datasets, DATASETS, "datasets")
     methods = _names(methods, METHODS, "methods")
     metrics, modes = _objectives(metric, mode)
-    sampler = _sampler(sampler, metrics)
+    sampler = _sampler(sampler)
     grid = sampler == "grid"
     _check_positive_int("trials", trials, allow_none=True)
     if trials is None and not grid:
@@ -428,7 +428,7 @@ def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
                 pinned[opt] = spec.values[0] if spec is not None else coerce(opt, value)
             else:
                 searched[opt] = spec
-            if opt in fixed and spec is not None:
+            if opt in fixed:
                 raise ConfigError(opt, "both fixed and searched; keep one")
         for opt in fixed:
             if opt in ("dataset", "method"):
@@ -448,8 +448,7 @@ def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
             pin = dict(base_fixed[method])
             if pin.get("data_root") is not None and local:
                 pin["data_root"] = str(Path(str(pin["data_root"])).expanduser().resolve())
-            pairs.append(_pair(dataset, method, entries[method], pin,
-                               trials, grid))
+            pairs.append(_pair(dataset, method, entries[method], pin, trials, grid))
     if local:
         _check_data(pairs)
     max_epochs = max(max(_candidates(p.space["epochs"])) if "epochs" in p.space
