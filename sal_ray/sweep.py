@@ -1281,7 +1281,12 @@ def _finish(res: SweepResults, uri: str, say, table_by=None) -> None:
         s = status.get(r.data.tags.get("trial"), "crashed")
         tracking.set_status(r.info.run_id, s if s != "completed" else "crashed", uri,
                             "ended by the sweep: the trial stopped before this run finished")
-    tags = {"status": "completed", "elapsed_s": f"{res.elapsed_s:.1f}"}
+    # fewer trials than planned: Ctrl-C or time_budget_s ended the sweep early
+    ended = int(res.trials.status.isin(["completed", "diverged", "failed", "stopped", "crashed"])
+                .sum()) if len(res.trials) else 0
+    outcome = "completed" if ended >= res.plan.total_trials else "interrupted"
+    tags = {"status": outcome, "elapsed_s": f"{res.elapsed_s:.1f}",
+            "trials_ended": f"{ended}/{res.plan.total_trials}"}
     best_json = {}
     for (d, m), b in res.best.items():
         tags[f"best.{d}.{m}"] = b["trial_id"]
@@ -1303,8 +1308,9 @@ def _finish(res: SweepResults, uri: str, say, table_by=None) -> None:
     if table_by:
         say("")
         say(res.grid(table_by))
-    say(f"\nsweep '{res.name}' done in {res.elapsed_s:.0f} s; "
-        f"{len(res.trials)} trials in MLflow experiment '{res.experiment}'.")
+    say(f"\nsweep '{res.name}' {'done' if outcome == 'completed' else 'INTERRUPTED'} in "
+        f"{res.elapsed_s:.0f} s; {ended} of {res.plan.total_trials} trials in MLflow "
+        f"experiment '{res.experiment}'.")
     say(f"Open the MLflow UI:  {tracking.ui_command(uri)}")
     say(f"  then filter runs:  tags.sweep = '{res.name}'")
 
