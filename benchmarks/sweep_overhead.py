@@ -36,6 +36,7 @@ PROTOCOL = dict(arch="mlp", depth=2, width=256, routed="first",
 CONFIGS = [("sal", n) for n in (1, 2, 4, 8, 16)] + [("bp", 1)]
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "sweeps.md"
 BEGIN, END = "<!-- sweep_overhead:begin -->", "<!-- sweep_overhead:end -->"
+LABELS = {"loop": "plain loop", "both": "sweep", "one": "sweep 1 at a time"}
 
 
 def plain_loop(epochs: int, seeds: int) -> float:
@@ -116,8 +117,8 @@ def main() -> None:
             f"Measured with `benchmarks/sweep_overhead.py --repeat {args.repeat}` on a "
             f"{where}: {runs} runs of {args.epochs} epochs (sal n_areas 1-16 and bp, "
             f"{args.seeds} seeds), {time.strftime('%Y-%m-%d')}; {best} per row "
-            f"(all rounds: " + "; ".join(f"{k} " + ", ".join(f"{v:.0f}" for v in vs) + " s"
-                                        for k, vs in times.items()) + ").",
+            f"(all rounds: " + "; ".join(f"{LABELS[k]} " + ", ".join(f"{v:.0f}" for v in vs)
+                                        + " s" for k, vs in times.items()) + ").",
             "",
             "| | wall time | vs plain loop |",
             "|---|---:|---:|",
