@@ -55,7 +55,7 @@ import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from .config import (DATASETS, DEFAULTS, METHODS, OPTION_SECTION, Config, ConfigError,
                      coerce, option_type, validate)
