@@ -217,6 +217,28 @@ def load_checkpoint(run: Run, folder: str) -> tuple[int, list]:
     return state["epoch"], state["history"]
 
 
+def epoch_metrics(run: Run, epoch: int, wall0: float, train_fn: Callable = train_epoch,
+                  eval_fn: Callable = evaluate) -> tuple[dict[str, float] | None, str]:
+    """Train one epoch and evaluate it: (metrics, ""), or (None, why) when the
+    training or validation loss became non-finite. `train_fn` and `eval_fn`
+    default to this process's; the data-parallel loop passes its own."""
+    t0 = time.perf_counter()
+    stats = train_fn(run, epoch)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    train_time = time.perf_counter() - t0
+    if not stats["finite"]:
+        return None, (f"training loss became non-finite in epoch {epoch}; "
+                      f"stopped (lr={run.cfg.optim.lr:g})")
+    val_loss, val_acc = eval_fn(run, run.x_val, run.y_val)
+    if not math.isfinite(val_loss):
+        return None, f"validation loss became non-finite in epoch {epoch}"
+    return {"epoch": epoch, "train_loss": stats["train_loss"],
+            "train_acc": stats["train_acc"], "val_loss": val_loss, "val_acc": val_acc,
+            "samples_per_s": len(run.y_train) / train_time, "epoch_time_s": train_time,
+            "wall_time_s": time.perf_counter() - wall0, **usage_metrics(stats["usage"])}, ""
+
+
 def fit(cfg: Config, callbacks: Sequence[Callback] = (), checkpoint_dir: str | None = None,
         run: Run | None = None) -> RunResult:
     """Train `cfg` to the end (or divergence); report after every epoch.
@@ -231,25 +253,9 @@ def fit(cfg: Config, callbacks: Sequence[Callback] = (), checkpoint_dir: str | N
     result = RunResult("completed", run.params(), history, counts=run.counts.as_dict(), net=run.net)
     wall0 = time.perf_counter() - (history[-1]["wall_time_s"] if history else 0.0)
     for epoch in range(done + 1, cfg.optim.epochs + 1):
-        t0 = time.perf_counter()
-        stats = train_epoch(run, epoch)
-        if run.device.type == "cuda":
-            torch.cuda.synchronize(run.device)
-        train_time = time.perf_counter() - t0
-        if not stats["finite"]:
-            result.status = "diverged"
-            result.message = (f"training loss became non-finite in epoch {epoch}; "
-                              f"stopped (lr={cfg.optim.lr:g})")
-            break
-        val_loss, val_acc = evaluate(run, run.x_val, run.y_val)
-        metrics = {"epoch": epoch, "train_loss": stats["train_loss"],
-                   "train_acc": stats["train_acc"], "val_loss": val_loss, "val_acc": val_acc,
-                   "samples_per_s": len(run.y_train) / train_time, "epoch_time_s": train_time,
-                   "wall_time_s": time.perf_counter() - wall0,
-                   **usage_metrics(stats["usage"])}
-        if not math.isfinite(val_loss):
-            result.status = "diverged"
-            result.message = f"validation loss became non-finite in epoch {epoch}"
+        metrics, why = epoch_metrics(run, epoch, wall0)
+        if metrics is None:
+            result.status, result.message = "diverged", why
             break
         history.append(metrics)
         if checkpoint_dir:

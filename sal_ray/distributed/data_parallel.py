@@ -36,8 +36,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..config import Config
-from ..train import (DIVERGENCE_CHECK_STEPS, Callback, Run, RunResult, build, epoch_order,
-                     load_checkpoint, save_checkpoint, usage_metrics)
+from ..train import (DIVERGENCE_CHECK_STEPS, Callback, Run, RunResult, build, epoch_metrics,
+                     epoch_order, load_checkpoint, save_checkpoint)
 from ..train import evaluate as evaluate_local
 
 # Gradients are all-reduced in flat buckets of at most this many elements: few
@@ -272,26 +272,13 @@ def fit(cfg: Config, group: Group, checkpoint_dir: str | None = None,
     result = RunResult("completed", params, history, counts=run.counts.as_dict(), net=run.net)
     wall0 = time.perf_counter() - (history[-1]["wall_time_s"] if history else 0.0)
     for epoch in range(done + 1, cfg.optim.epochs + 1):
-        t0 = time.perf_counter()
-        stats = train_epoch(run, epoch, group)
-        if run.device.type == "cuda":
-            torch.cuda.synchronize(run.device)
-        train_time = time.perf_counter() - t0
-        if not stats["finite"]:
-            result.status = "diverged"
-            result.message = (f"training loss became non-finite in epoch {epoch}; "
-                              f"stopped (lr={cfg.optim.lr:g})")
+        metrics, why = epoch_metrics(run, epoch, wall0,
+                                     lambda r, e: train_epoch(r, e, group),
+                                     lambda r, x, y: evaluate(r, x, y, group))
+        if metrics is None:
+            result.status, result.message = "diverged", why
             break
-        val_loss, val_acc = evaluate(run, run.x_val, run.y_val, group)
-        if not math.isfinite(val_loss):
-            result.status = "diverged"
-            result.message = f"validation loss became non-finite in epoch {epoch}"
-            break
-        metrics = {"epoch": epoch, "train_loss": stats["train_loss"],
-                   "train_acc": stats["train_acc"], "val_loss": val_loss, "val_acc": val_acc,
-                   "samples_per_s": len(run.y_train) / train_time, "epoch_time_s": train_time,
-                   "wall_time_s": time.perf_counter() - wall0, "num_workers": group.world,
-                   **usage_metrics(stats["usage"])}
+        metrics["num_workers"] = group.world
         history.append(metrics)
         folder = None
         if group.is_main and checkpoint_dir:
