@@ -5,12 +5,15 @@ returns the batch loss; one optimizer then applies the update for every method.
   optional Switch load-balancing loss for MoE).
 - `sal_grads`: SAL_SPEC section 2, computed in closed form. No gradient flows
   between layers: each layer sees only its own input, pre-activation and the
-  batch × C output error E_top.
+  batch × C output error E_top. It is `sal_forward` (a block of layers, keeping
+  traces), `sal_error` (E_top at the output) and `sal_layer_grads` (one layer),
+  so the layer-parallel layout runs the same code on each worker's block.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,49 +55,75 @@ def _class_error(logits_BC, onehot_BC, batch: int):
     return (torch.softmax(logits_BC, dim=1) - onehot_BC) / batch
 
 
-@torch.no_grad()
-def sal_grads(net: Net, x_BI, y_B, rule: SALRule = SALRule()):
-    batch = x_BI.shape[0]
-    C = net.arch.n_classes
-    onehot_BC = F.one_hot(y_B, C).to(x_BI.dtype)
+class LayerTrace(NamedTuple):
+    """What one layer's local update needs from its forward pass."""
+    routing: Routing          # the layer input x and its area assignment, laid out once
+    z_BF: torch.Tensor | None  # selector features (None on an unrouted layer)
+    u_BO: torch.Tensor        # pre-activation
+    phi_BO: torch.Tensor      # φ(u), for φ'
+    h_BO: torch.Tensor        # the layer's output (with the skip), for the local logits
 
-    # Forward, keeping what each layer's local update needs.
-    trace, all_areas, h = [], [], x_BI
-    for layer in net.layers:
+
+@torch.no_grad()
+def sal_forward(layers, h, kernel: str = "auto"):
+    """Forward through `layers` (all of a net's, or one contiguous block of them),
+    keeping each layer's trace. Returns (output, traces, area choice per layer)."""
+    traces, all_areas = [], []
+    for layer in layers:
         z_BF, areas_B = layer.router(h) if layer.router is not None else (None, None)
-        routing = Routing(h, areas_B, layer.spec.n_areas, layer.spec.d_out, net.kernel)
+        routing = Routing(h, areas_B, layer.spec.n_areas, layer.spec.d_out, kernel)
         u_BO = routing.linear(layer.areas.weight, layer.areas.bias)
         h_next, phi_BO = layer.finish(h, u_BO)
-        trace.append((routing, z_BF, u_BO, phi_BO, h_next))
+        traces.append(LayerTrace(routing, z_BF, u_BO, phi_BO, h_next))
         all_areas.append(areas_B)
         h = h_next
+    return h, traces, all_areas
 
-    loss = F.cross_entropy(h, y_B)
-    E_top_BC = _class_error(h, onehot_BC, batch)
 
+def sal_error(logits_BC, y_B, n_classes: int):
+    """The output's mean cross-entropy, E_top = ∂L/∂logits, and the one-hot labels."""
+    onehot_BC = F.one_hot(y_B, n_classes).to(logits_BC.dtype)
+    loss = F.cross_entropy(logits_BC, y_B)
+    return loss, _class_error(logits_BC, onehot_BC, y_B.shape[0]), onehot_BC
+
+
+@torch.no_grad()
+def sal_layer_grads(layer, trace: LayerTrace, E_top_BC, onehot_BC, rule: SALRule = SALRule()):
+    """Fill one layer's .grad from its own trace and E_top (batch × C) alone."""
+    routing, z_BF, u_BO, phi_BO, h_BO = trace
+    batch, C = onehot_BC.shape
+    local = rule.lambda_local and (rule.output_local or not layer.is_output)
+    if layer.is_output:
+        # B = I here, so the local logits are h itself and e_local = E_top.
+        E_BC = E_top_BC * (1.0 + rule.lambda_local) if local else E_top_BC
+        grad_h_BO = E_BC
+    else:
+        B_OC = layer.feedback
+        E_BC = E_top_BC
+        if local:
+            E_BC = E_top_BC + rule.lambda_local * _class_error(h_BO @ B_OC, onehot_BC, batch)
+        grad_h_BO = E_BC @ B_OC.T
+    delta_BO = grad_h_BO * activation_grad(layer.spec.activation, u_BO, phi_BO)
+    dW, db = routing.weight_grad(delta_BO)
+    if rule.area_grad_scale == "area" and routing.areas_B is not None:
+        counts_N = torch.zeros_like(db[:, 0]).index_add_(
+            0, routing.areas_B, torch.ones_like(delta_BO[:, 0]))
+        scale_N = batch / counts_N.clamp(min=1)
+        dW, db = dW * scale_N.view(-1, 1, 1), db * scale_N.view(-1, 1)
+    layer.areas.weight.grad, layer.areas.bias.grad = dW, db
+    if z_BF is not None:
+        # Selector loss CE(z, y) with z as d_f logits; x is a constant here.
+        onehot_BF = F.pad(onehot_BC, (0, z_BF.shape[1] - C))
+        layer.router.weight.grad = routing.x_BI.T @ _class_error(z_BF, onehot_BF, batch)
+
+
+@torch.no_grad()
+def sal_grads(net: Net, x_BI, y_B, rule: SALRule = SALRule()):
+    # Split in three so that a layer-parallel worker (sal_ray.distributed.
+    # layer_parallel) runs the same code on its block of layers.
+    h, traces, all_areas = sal_forward(net.layers, x_BI, net.kernel)
+    loss, E_top_BC, onehot_BC = sal_error(h, y_B, net.arch.n_classes)
     # Each layer's update depends on the others only through E_top.
-    for layer, (routing, z_BF, u_BO, phi_BO, h_BO) in zip(net.layers, trace):
-        local = rule.lambda_local and (rule.output_local or not layer.is_output)
-        if layer.is_output:
-            # B = I here, so the local logits are h itself and e_local = E_top.
-            E_BC = E_top_BC * (1.0 + rule.lambda_local) if local else E_top_BC
-            grad_h_BO = E_BC
-        else:
-            B_OC = layer.feedback
-            E_BC = E_top_BC
-            if local:
-                E_BC = E_top_BC + rule.lambda_local * _class_error(h_BO @ B_OC, onehot_BC, batch)
-            grad_h_BO = E_BC @ B_OC.T
-        delta_BO = grad_h_BO * activation_grad(layer.spec.activation, u_BO, phi_BO)
-        dW, db = routing.weight_grad(delta_BO)
-        if rule.area_grad_scale == "area" and routing.areas_B is not None:
-            counts_N = torch.zeros_like(db[:, 0]).index_add_(
-                0, routing.areas_B, torch.ones_like(delta_BO[:, 0]))
-            scale_N = batch / counts_N.clamp(min=1)
-            dW, db = dW * scale_N.view(-1, 1, 1), db * scale_N.view(-1, 1)
-        layer.areas.weight.grad, layer.areas.bias.grad = dW, db
-        if z_BF is not None:
-            # Selector loss CE(z, y) with z as d_f logits; x is a constant here.
-            onehot_BF = F.pad(onehot_BC, (0, z_BF.shape[1] - C))
-            layer.router.weight.grad = routing.x_BI.T @ _class_error(z_BF, onehot_BF, batch)
+    for layer, trace in zip(net.layers, traces):
+        sal_layer_grads(layer, trace, E_top_BC, onehot_BC, rule)
     return loss, h, all_areas
