@@ -46,6 +46,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import statistics
 import tempfile
 import threading
@@ -524,6 +525,7 @@ def _make_searcher(plan: Plan):
             self.asked = {p.key: 0 for p in plan.pairs}
             self.live: dict[str, Any] = {}   # Tune trial id -> Optuna trial
             self.told: dict[str, str] = {}   # Tune trial id -> status told
+            self.steps: dict[str, set] = {}  # Tune trial id -> steps reported to Optuna
 
         def set_search_properties(self, metric, mode, config, **spec):
             return True  # the space and objectives are ours already
@@ -546,7 +548,11 @@ def _make_searcher(plan: Plan):
             value = result.get(f"mean_{plan.metrics[0]}")
             step = result.get("training_iteration")
             if isinstance(value, (int, float)) and math.isfinite(value) and step is not None:
-                self.live[trial_id].report(float(value), int(step))
+                # a trial restarted from a checkpoint repeats the steps after it
+                seen = self.steps.setdefault(trial_id, set())
+                if int(step) not in seen:
+                    seen.add(int(step))
+                    self.live[trial_id].report(float(value), int(step))
 
         def on_trial_complete(self, trial_id, result=None, error=False):
             if trial_id not in self.live or trial_id in self.told:
@@ -605,12 +611,19 @@ class _Context:
     base_seed: int
     log_model: str
     flush_every_s: float
+    checkpoint_every: int = 1
 
 
 def config_key(flat: dict[str, Any]) -> str:
     """A short id of a configuration without its seed: groups the seeds of a trial."""
     text = json.dumps({k: v for k, v in sorted(flat.items()) if k != "seed"}, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def run_key(sweep: str, trial_id: str, seed: int) -> str:
+    """Names one seed's MLflow run across processes (tag `run_key`): a restarted
+    trial finds its run by it instead of making a second one."""
+    return f"{sweep}/{trial_id}/s{seed}"
 
 
 def _penalty(mode: str) -> float:
@@ -622,11 +635,69 @@ def _report_keys(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if not k.startswith("area_share.")}
 
 
-def _make_reporter(ctx: _Context, seed_index: int, prior: list[dict], common: dict):
-    """A trainer Callback reporting each epoch to Tune with the running mean over seeds."""
+class _TrialState:
+    """A trial's progress in one folder, which is also its Tune checkpoint:
+
+        trial.json         seeds done, their final metrics, weights saved
+        trainer/           the current seed's trainer checkpoint (train.fit's)
+        weights/           state dicts of the seeds done (logged at the end)
+        outbox/            MLflow writes not yet delivered (sal_ray.outbox)
+
+    A trial Tune restarts (its process was killed, or the sweep resumed) starts
+    from the folder its last report carried: the seeds done are not run again,
+    the current seed continues from its last epoch, its MLflow run is taken up."""
+
+    FILE = "trial.json"
+
+    def __init__(self, ctx: _Context, checkpoint=None):
+        from .outbox import Outbox
+        self.work = Path(tempfile.mkdtemp(prefix="sal-trial-"))
+        self.seed_index, self.prior, self.weights = 0, [], []
+        self.outbox = Outbox(ctx.tracking_uri, ctx.experiment_id, self.work / "outbox")
+        if checkpoint is not None:
+            checkpoint.to_directory(str(self.work))
+            data = json.loads((self.work / self.FILE).read_text())
+            self.seed_index, self.prior, self.weights = (data["seed_index"], data["prior"],
+                                                         data["weights"])
+            if Outbox.saved_in(self.work / "outbox"):
+                self.outbox = Outbox.load(ctx.tracking_uri, self.work / "outbox")
+
+    @property
+    def trainer_dir(self) -> Path:
+        return self.work / "trainer"
+
+    def seed_done(self, final: dict, weights: Any = None) -> None:
+        """Seed finished: its metrics and weights are kept, its trainer checkpoint goes
+        (the next seed starts from scratch in the same folder)."""
+        self.prior.append(final)
+        if weights is not None:
+            (self.work / "weights").mkdir(exist_ok=True)
+            rel = f"weights/state_dict_s{final.get('seed', self.seed_index)}.pt"
+            import torch
+            torch.save(weights, self.work / rel)
+            self.weights.append(rel)
+        shutil.rmtree(self.trainer_dir, ignore_errors=True)
+        self.seed_index += 1
+
+    def checkpoint(self):
+        """The folder as a Tune checkpoint (Tune copies it to the sweep's storage)."""
+        from ray import tune as rt
+        self.outbox.save()
+        path = self.work / self.FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"seed_index": self.seed_index, "prior": self.prior,
+                                   "weights": self.weights}))
+        os.replace(tmp, path)
+        return rt.Checkpoint.from_directory(str(self.work))
+
+
+def _make_reporter(ctx: _Context, seed_index: int, state: _TrialState, common: dict):
+    """A trainer Callback reporting each epoch to Tune with the running mean over
+    seeds, and a checkpoint every `ctx.checkpoint_every` epochs."""
     from ray import tune as rt
 
     from .train import Callback
+    prior = state.prior
 
     class TuneReport(Callback):
         def __init__(self):
@@ -637,6 +708,8 @@ def _make_reporter(ctx: _Context, seed_index: int, prior: list[dict], common: di
         def on_start(self, run):
             self.counts = run.counts.as_dict()
             self.epochs = run.cfg.optim.epochs
+            if run.history:  # resumed: what the last report said, should none follow
+                self.last = self.payload(run.history[-1])
 
         def payload(self, m: dict) -> dict:
             out = {**_report_keys(m), **self.counts, **common, "seed_index": seed_index,
@@ -648,9 +721,12 @@ def _make_reporter(ctx: _Context, seed_index: int, prior: list[dict], common: di
 
         def on_epoch(self, m):
             self.last = self.payload(m)
-            if seed_index == ctx.seeds - 1 and int(m["epoch"]) >= self.epochs:
+            epoch = int(m["epoch"])
+            if seed_index == ctx.seeds - 1 and epoch >= self.epochs:
                 return  # the trial reports its last epoch itself, after the model is logged
-            rt.report(self.last)
+            every = ctx.checkpoint_every
+            keep = every > 0 and (epoch % every == 0 or epoch >= self.epochs)
+            rt.report(self.last, checkpoint=state.checkpoint() if keep else None)
 
     return TuneReport()
 
@@ -670,74 +746,90 @@ def _join_trial_threads() -> None:
 
 
 def _run_trial(config: dict, ctx: _Context) -> None:
-    """One Tune trial: the configuration `config` for every seed, in order."""
+    """One Tune trial: the configuration `config` for every seed, in order, from
+    where its last checkpoint left it (if Tune restarted it)."""
+    from ray import tune as rt
+
+    from . import tracking
+
+    global _JOIN_AT_EXIT
+    if not _JOIN_AT_EXIT:
+        _JOIN_AT_EXIT = bool(atexit.register(_join_trial_threads))
+    _TRIAL_THREADS.add(threading.current_thread())
+    tracking.fail_fast_http()  # an unreachable server must not hold training up
+    # one "Checkpoint successfully created" line per epoch per trial is noise
+    import logging
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    state = _TrialState(ctx, rt.get_checkpoint())
+    try:
+        _run_seeds(config, ctx, state, rt.get_context().get_trial_id())
+    finally:
+        shutil.rmtree(state.work, ignore_errors=True)
+
+
+def _run_seeds(config: dict, ctx: _Context, state: _TrialState, trial_id: str) -> None:
     from ray import tune as rt
 
     from . import tracking
     from .data import DataError
     from .train import fit
 
-    global _JOIN_AT_EXIT
-    if not _JOIN_AT_EXIT:
-        _JOIN_AT_EXIT = bool(atexit.register(_join_trial_threads))
-    _TRIAL_THREADS.add(threading.current_thread())
-
     dataset, method = config["dataset"], config["method"]
     key = f"{dataset}/{method}"
     searched = {k: v for k, v in config.items() if k not in ("dataset", "method")}
     flat = {**ctx.fixed[key], **searched}
-    trial_id = rt.get_context().get_trial_id()
     cfg_key = config_key(flat)
     common = {"dataset": dataset, "method": method}
-    prior: list[dict] = []   # final metrics (and counts) of the seeds done
-    run_ids: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="sal-trial-") as tmp:
-        weights = []
-        for i in range(ctx.seeds):
-            seed = ctx.base_seed + i
-            cfg_flat = {**flat, "seed": seed}
-            sink = tracking.MLflowRun(
-                ctx.tracking_uri, ctx.experiment_id, parent_run_id=ctx.parent_run_id,
-                run_name=tracking.default_name(cfg_flat, ctx.searched[key]),
-                tags={"sweep": ctx.sweep, "trial": trial_id, "config": cfg_key,
-                      "seed_index": i, "seeds": ctx.seeds,
-                      "searched": ",".join(ctx.searched[key])},
-                flush_every_s=ctx.flush_every_s)
-            reporter = _make_reporter(ctx, i, prior, {**common, "seed": seed,
-                                                      "config": cfg_key})
-            try:
-                result = fit(Config.from_flat(cfg_flat), [sink, reporter])
-            except (ConfigError, DataError) as e:
-                # the trainer refused this configuration: record it, tell Optuna FAIL
-                if sink.run_id is None:
-                    sink.open({**cfg_flat})
-                sink.close("failed", str(e))
-                rt.report({**common, "trial_status": "failed", "message": str(e)[:500],
-                           "mlflow_run_ids": ",".join(run_ids + [sink.run_id])})
-                return
-            except BaseException as e:
-                # SystemExit: the scheduler stopped this trial inside tune.report
-                sink.close("stopped" if isinstance(e, SystemExit) else "crashed",
-                           "stopped by the scheduler" if isinstance(e, SystemExit)
-                           else f"{type(e).__name__}: {e}"[:500])
-                raise
-            run_ids.append(sink.run_id)
-            if result.status != "completed":
-                rt.report({**(reporter.last or {}), **common, "trial_status": result.status,
-                           "message": result.message,
-                           **{f"mean_{m}": _penalty(mo) for m, mo in zip(ctx.metrics, ctx.modes)},
-                           "mlflow_run_ids": ",".join(run_ids)})
-                return
-            prior.append({**result.counts, **result.final})
-            if ctx.log_model != "none":
-                path = os.path.join(tmp, f"state_dict_s{seed}.pt")
-                import torch
-                torch.save(result.net.state_dict(), path)
-                weights.append(path)
-        final = _trial_summary(prior, ctx.metrics)
-        _log_trial_summary(ctx, run_ids, final, weights, common)
-        rt.report({**reporter.last, **final, "trial_status": "completed",
-                   "mlflow_run_ids": ",".join(run_ids)})
+    keys = [run_key(ctx.sweep, trial_id, ctx.base_seed + i) for i in range(ctx.seeds)]
+
+    def run_ids(n: int) -> str:
+        return ",".join(state.outbox.run_ids.get(k, "") for k in keys[:n])
+
+    reporter = None
+    for i in range(state.seed_index, ctx.seeds):
+        seed = ctx.base_seed + i
+        cfg_flat = {**flat, "seed": seed}
+        sink = tracking.MLflowRun(
+            ctx.tracking_uri, ctx.experiment_id, parent_run_id=ctx.parent_run_id,
+            run_name=tracking.default_name(cfg_flat, ctx.searched[key]),
+            tags={"sweep": ctx.sweep, "trial": trial_id, "config": cfg_key,
+                  "seed_index": i, "seeds": ctx.seeds,
+                  "searched": ",".join(ctx.searched[key])},
+            flush_every_s=ctx.flush_every_s, key=keys[i], outbox=state.outbox)
+        reporter = _make_reporter(ctx, i, state, {**common, "seed": seed, "config": cfg_key})
+        checkpoints = ctx.checkpoint_every > 0
+        try:
+            result = fit(Config.from_flat(cfg_flat), [sink, reporter],
+                         checkpoint_dir=str(state.trainer_dir) if checkpoints else None,
+                         checkpoint_every=max(ctx.checkpoint_every, 1))
+        except (ConfigError, DataError) as e:
+            # the trainer refused this configuration: record it, tell Optuna FAIL
+            if not sink.opened:
+                sink.open({**cfg_flat})
+            sink.close("failed", str(e))
+            rt.report({**common, "trial_status": "failed", "message": str(e)[:500],
+                       "mlflow_run_ids": run_ids(i + 1)}, checkpoint=state.checkpoint())
+            return
+        except BaseException as e:
+            # SystemExit: the scheduler stopped this trial inside tune.report
+            sink.close("stopped" if isinstance(e, SystemExit) else "crashed",
+                       "stopped by the scheduler" if isinstance(e, SystemExit)
+                       else f"{type(e).__name__}: {e}"[:500])
+            raise
+        if result.status != "completed":
+            rt.report({**(reporter.last or {}), **common, "trial_status": result.status,
+                       "message": result.message,
+                       **{f"mean_{m}": _penalty(mo) for m, mo in zip(ctx.metrics, ctx.modes)},
+                       "mlflow_run_ids": run_ids(i + 1)}, checkpoint=state.checkpoint())
+            return
+        state.seed_done({**result.counts, **result.final, "seed": seed},
+                        result.net.state_dict() if ctx.log_model != "none" else None)
+    final = _trial_summary(state.prior, ctx.metrics)
+    _log_trial_summary(ctx, state, keys[:len(state.prior)], final, common)
+    state.outbox.deliver(force=True)
+    last = reporter.last if reporter is not None and reporter.last else {}
+    rt.report({**last, **common, **final, "trial_status": "completed",
+               "mlflow_run_ids": run_ids(ctx.seeds)}, checkpoint=state.checkpoint())
 
 
 def _trial_summary(finals: list[dict], metrics: tuple) -> dict[str, float]:
@@ -752,31 +844,35 @@ def _trial_summary(finals: list[dict], metrics: tuple) -> dict[str, float]:
     return out
 
 
-def _log_trial_summary(ctx: _Context, run_ids: list[str], final: dict, weights: list[str],
+def _log_trial_summary(ctx: _Context, state: _TrialState, keys: list[str], final: dict,
                        common: dict) -> None:
     """Every seed run gets its trial's mean ± std (`trial_*`); the model weights go to
-    MLflow when they are the best of their (dataset, method) so far, or always."""
+    MLflow when they are the best of their (dataset, method) so far, or always.
+    All through the trial's outbox: a store that is away gets them later."""
     from . import tracking
     m0 = ctx.metrics[0]
     trial_metrics = {f"trial_{k}": v for k, v in final.items() if k.startswith("final_")}
     trial_metrics[f"trial_objective_{m0}"] = final[f"mean_{m0}"]
-    for rid in run_ids:
-        tracking.log_metrics(rid, tracking.metric_list(trial_metrics, 0), ctx.tracking_uri)
-    if not weights:
+    for key in keys:
+        state.outbox.metrics(key, tracking.metric_list(trial_metrics, 0))
+    if not state.weights:
         return
     if ctx.log_model == "best":
         op = ">" if ctx.modes[0] == "max" else "<"
-        better = tracking.with_retry(
-            tracking.client(ctx.tracking_uri).search_runs, [ctx.experiment_id],
-            filter_string=(f"tags.sweep = '{ctx.sweep}' and tags.dataset = '{common['dataset']}' "
-                           f"and tags.method = '{common['method']}' and "
-                           f"metrics.trial_objective_{m0} {op} {final[f'mean_{m0}']!r}"),
-            max_results=1)
+        try:
+            better = tracking.with_retry(
+                tracking.client(ctx.tracking_uri).search_runs, [ctx.experiment_id],
+                filter_string=(f"tags.sweep = '{ctx.sweep}' and tags.dataset = "
+                               f"'{common['dataset']}' and tags.method = '{common['method']}' "
+                               f"and metrics.trial_objective_{m0} {op} {final[f'mean_{m0}']!r}"),
+                max_results=1)
+        except Exception:  # noqa: BLE001 - store away: keep the weights, they may be the best
+            better = []
         if better:
             return
-    for rid, path in zip(run_ids, weights):
-        tracking.with_retry(tracking.client(ctx.tracking_uri).log_artifact, rid, path, "model")
-        tracking.log_tags(rid, {"model_logged": "true"}, ctx.tracking_uri)
+    for key, rel in zip(keys, state.weights):
+        state.outbox.artifact(key, str(state.work / rel), "model")
+        state.outbox.tags(key, {"model_logged": "true"})
 
 
 # ---- the driver -----------------------------------------------------------------------
@@ -834,7 +930,7 @@ def _make_recorder(plan: Plan, say):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.last[trial.trial_id] = dict(result)
 
-        def _end(self, trial, error: bool):
+        def _end(self, trial, trials, error: bool):
             tid = trial.trial_id
             self.config.setdefault(tid, dict(trial.config))
             if tid not in self.order:
@@ -842,7 +938,9 @@ def _make_recorder(plan: Plan, say):
             self.status[tid] = _trial_status(self.last.get(tid), error)
             if error:
                 self.errors[tid] = str(getattr(trial, "error_msg", "") or "error")[:500]
-            self.done += 1
+            # counted over all trials: a resumed sweep's earlier ones are done too
+            self.done = max(self.done + 1, 1 + sum(
+                t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial))
             cfg, last = self.config[tid], self.last.get(tid, {})
             m0 = plan.metrics[0]
             value = last.get(f"final_{m0}_mean", last.get(f"mean_{m0}"))
@@ -857,10 +955,17 @@ def _make_recorder(plan: Plan, say):
                 f"{shown:<26} {params}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._end(trial, error=False)
+            self._end(trial, trials, error=False)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._end(trial, error=True)
+            self._end(trial, trials, error=True)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            cfg = dict(trial.config)
+            epoch = self.last.get(trial.trial_id, {}).get("epoch")
+            say(f"[restart] {cfg.get('dataset')}/{cfg.get('method')} trial {trial.trial_id} "
+                f"failed{f' after epoch {int(epoch)}' if epoch else ''}; Tune restarts it "
+                "from its last checkpoint")
 
     return Recorder()
 
@@ -897,6 +1002,7 @@ class SweepResults:
     experiment_id: str
     parent_run_id: str
     elapsed_s: float
+    undelivered: bool = False        # MLflow writes still wait in trial checkpoints
 
     @property
     def metric(self) -> str:
@@ -1006,15 +1112,33 @@ def _dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> 
     return better_or_equal and any(s * x > s * y for s, x, y in zip(sign, a, b))
 
 
-def _collect(plan: Plan, recorder) -> tuple[Any, dict, dict]:
+def _trial_records(grid, recorder=None) -> list[dict]:
+    """Every trial of the Tune run, in order: those of an earlier session of a
+    resumed sweep too (the recorder only saw this session's)."""
+    out = []
+    # ResultGrid keeps the Trial objects (id, config, last result, status, latest
+    # checkpoint) of every trial in the experiment state; its Result view drops the id
+    for t in grid._experiment_analysis.trials:
+        last = dict(t.last_result or {})
+        error = t.status == "ERROR"
+        message = recorder.errors.get(t.trial_id, "") if recorder is not None else ""
+        if error and not message:
+            message = str(t.get_error() or "error")[:500]
+        out.append({"trial_id": t.trial_id, "config": dict(t.config), "last": last,
+                    "status": _trial_status(last, error), "error": message,
+                    "checkpoint": t.checkpoint})
+    return out
+
+
+def _collect(plan: Plan, records: list[dict]) -> tuple[Any, dict, dict]:
     """The trials table, the best trial and the Pareto front per pair."""
     import pandas as pd
     searched = list(dict.fromkeys(k for p in plan.pairs for k in p.space))
     fixed_of = {p.key: p.fixed for p in plan.pairs}
     rows = []
-    for tid in recorder.order:
-        cfg, last = recorder.config.get(tid, {}), recorder.last.get(tid, {})
-        status = recorder.status.get(tid) or _trial_status(last)
+    configs = {r["trial_id"]: r["config"] for r in records}
+    for rec in records:
+        tid, cfg, last, status = rec["trial_id"], rec["config"], rec["last"], rec["status"]
         row = {"trial_id": tid, "dataset": cfg.get("dataset"), "method": cfg.get("method"),
                "status": status}
         pair = fixed_of.get(f"{row['dataset']}/{row['method']}", {})
@@ -1033,7 +1157,7 @@ def _collect(plan: Plan, recorder) -> tuple[Any, dict, dict]:
                 row[k] = last[k]
         row["iterations"] = last.get("training_iteration", 0)
         row["mlflow_run_ids"] = last.get("mlflow_run_ids", "")
-        row["message"] = last.get("message", recorder.errors.get(tid, ""))
+        row["message"] = last.get("message", rec["error"])
         rows.append(row)
     df = pd.DataFrame(rows)
     for k in searched:  # an option one method does not search is missing there, not NaN-float
@@ -1049,7 +1173,7 @@ def _collect(plan: Plan, recorder) -> tuple[Any, dict, dict]:
         m0, sign = plan.metrics[0], (1 if plan.modes[0] == "max" else -1)
         i = (sign * done[f"mean_{m0}"]).idxmax()
         row = done.loc[i].to_dict()
-        cfg = recorder.config.get(row["trial_id"], {})
+        cfg = configs.get(row["trial_id"], {})
         row["params"] = {k: cfg[k] for k in p.space if k in cfg}
         row["config"] = {**p.fixed, **row["params"]}
         best[(p.dataset, p.method)] = row
@@ -1072,7 +1196,9 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          max_concurrent: int | None = None, time_budget_s: float | None = None,
          storage_path: str | None = None, log_model: str = "best",
          flush_every_s: float | None = None, verbose: int = 1,
-         table_by: Sequence[str] | None = None, dry_run: bool = False) -> SweepResults | Plan:
+         table_by: Sequence[str] | None = None, dry_run: bool = False,
+         resume: bool = False, max_failures: int = 3, checkpoint_every: int = 1,
+         finish_wait_s: float = 120.0, callbacks: Sequence[Any] = ()) -> SweepResults | Plan:
     """Search trainer configurations with Ray Tune + Optuna, tracked in MLflow.
 
     datasets, methods: the studies; each (dataset, method) is its own Optuna study
@@ -1103,6 +1229,18 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     table_by: also print every configuration, datasets down and these options
         across (SweepResults.grid), after the comparison table.
     dry_run: validate and return the Plan without starting Ray or touching MLflow.
+    resume: continue the interrupted sweep `name` (same plan, same store) through
+        Tune's own restore: finished trials are kept, unfinished and errored ones
+        continue from their last checkpoint, each seed in its existing MLflow run,
+        under the same parent run. Also delivers MLflow writes a tracking outage
+        left pending.
+    max_failures: restarts of a trial whose process died (from its last checkpoint).
+    checkpoint_every: epochs between trial checkpoints (model, optimiser, router,
+        data position, pending MLflow writes); 0: none (a restarted trial then
+        starts its current seed again).
+    finish_wait_s: at the end, how long to wait for a tracking store that is away
+        before leaving the pending writes for `resume`.
+    callbacks: extra Ray Tune callbacks for the driver.
 
     Returns SweepResults. Raises ConfigError (naming the option) before any trial
     starts when an input is wrong.
@@ -1112,10 +1250,23 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     if log_model not in ("best", "all", "none"):
         raise ConfigError("log_model", f"must be 'best', 'all' or 'none'; got {log_model!r}")
     _check_positive_int("max_concurrent", max_concurrent, allow_none=True)
+    for option, value in (("max_failures", max_failures), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(option, f"must be an integer >= 0; got {value!r}")
+    if not isinstance(resume, bool):
+        raise ConfigError("resume", f"must be True or False; got {resume!r}")
+    if resume and name is None:
+        raise ConfigError("name", "resume=True needs the name of the sweep to resume "
+                          "(the name its first run printed; scripts: --resume NAME)")
+    if not isinstance(finish_wait_s, (int, float)) or isinstance(finish_wait_s, bool) \
+            or finish_wait_s < 0:
+        raise ConfigError("finish_wait_s", f"must be a number >= 0; got {finish_wait_s!r}")
     local = not _on_cluster(address)
     p = plan(datasets, methods, space, fixed=fixed, method_spaces=method_spaces, trials=trials,
              sampler=sampler, metric=metric, mode=mode, scheduler=scheduler, seeds=seeds,
              resources=resources, experiment=experiment, name=name, local=local)
+    storage = _storage(storage_path)
+    _check_sweep_folder(storage, p.name, resume)
     if dry_run:
         say(p.describe())
         return p
@@ -1124,20 +1275,88 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     say(p.describe())
     say(f"tracking: {tracking.redact(uri)}, experiment '{experiment}'")
     experiment_id = _store_and_ray(uri, experiment, address, num_cpus)
-    parent = tracking.start_run(uri, experiment_id, p.name, {
-        "sweep": p.name, "kind": "sweep", "status": "running",
-        "datasets": ",".join(dict.fromkeys(x.dataset for x in p.pairs)),
-        "methods": ",".join(dict.fromkeys(x.method for x in p.pairs)), **tracking.run_tags()})
+    if resume:
+        parent = _reopen_parent(uri, experiment_id, p, say)
+    else:
+        parent = tracking.start_run(uri, experiment_id, p.name, {
+            "sweep": p.name, "kind": "sweep", "status": "running", "plan": _fingerprint(p),
+            "storage": storage, "datasets": ",".join(dict.fromkeys(x.dataset for x in p.pairs)),
+            "methods": ",".join(dict.fromkeys(x.method for x in p.pairs)), **tracking.run_tags()})
     try:
-        _log_sweep_params(uri, parent, p)
-        results = _execute(p, uri, experiment_id, parent, address, num_cpus, max_concurrent,
-                           time_budget_s, storage_path, log_model, flush_every_s, verbose, say)
+        if not resume:
+            _log_sweep_params(uri, parent, p)
+        results, grid = _execute(
+            p, uri, experiment_id, parent, max_concurrent, time_budget_s, storage, log_model,
+            flush_every_s, verbose, say, resume=resume, max_failures=max_failures,
+            checkpoint_every=checkpoint_every, callbacks=list(callbacks))
     except BaseException as e:
-        tracking.set_status(parent, "crashed", uri, f"{type(e).__name__}: {e}"[:500])
+        try:
+            tracking.set_status(parent, "crashed", uri, f"{type(e).__name__}: {e}"[:500])
+        except Exception:  # noqa: BLE001 - the original error matters more
+            pass
         raise
     results.elapsed_s = time.perf_counter() - t0
-    _finish(results, uri, say, table_by)
+    _finish(results, grid, uri, say, table_by, finish_wait_s)
     return results
+
+
+def _storage(storage_path) -> str:
+    """Where Tune keeps the sweep (trial checkpoints, experiment state): a URI as is,
+    else an absolute folder (default ./runs/ray)."""
+    if storage_path is not None and "://" in str(storage_path):
+        return str(storage_path)
+    return str(Path(storage_path or Path.cwd() / "runs" / "ray").expanduser().resolve())
+
+
+def _check_sweep_folder(storage: str, name: str, resume: bool) -> None:
+    """A new sweep must not reuse a name; a resumed one must exist. Checked before
+    anything starts (only for a local storage folder; a URI is Tune's to check)."""
+    if "://" in storage:
+        return
+    exists = (Path(storage) / name / "tuner.pkl").is_file()
+    if resume and not exists:
+        there = sorted(d.name for d in Path(storage).glob("*") if (d / "tuner.pkl").is_file())
+        raise ConfigError("resume", f"no sweep named '{name}' in {storage} to resume"
+                          + (f"; sweeps there: {', '.join(there[-10:])}" if there else
+                             " (it holds no sweep)"))
+    if not resume and exists:
+        raise ConfigError("name", f"a sweep named '{name}' already exists in {storage}; "
+                          "resume it (resume=True, scripts: --resume) or choose another name")
+
+
+def _fingerprint(p: Plan) -> str:
+    """What a resumed sweep must share with its first run: the studies, their
+    budgets, spaces and fixed options, the objectives, seeds and sampler."""
+    text = json.dumps({
+        "pairs": [[x.key, x.budget, {k: v.describe() for k, v in x.space.items()}, x.fixed]
+                  for x in p.pairs],
+        "metrics": p.metrics, "modes": p.modes, "seeds": p.seeds,
+        "sampler": p.sampler if isinstance(p.sampler, str) else type(p.sampler).__name__},
+        sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _reopen_parent(uri: str, experiment_id: str, p: Plan, say) -> str:
+    """The parent run of the sweep being resumed, marked running again; ConfigError
+    if this store has none or it was started with another plan."""
+    from . import tracking
+    c = tracking.client(uri)
+    found = tracking.with_retry(
+        c.search_runs, [experiment_id],
+        filter_string=f"tags.sweep = '{p.name}' and tags.kind = 'sweep'", max_results=2)
+    if not found:
+        raise ConfigError("resume", f"sweep '{p.name}' has no parent run in MLflow experiment "
+                          f"'{p.experiment}' of {tracking.redact(uri)}: resume with the "
+                          "tracking_uri and experiment it started with")
+    parent = found[0]
+    if parent.data.tags.get("plan") != _fingerprint(p):
+        raise ConfigError("resume", f"sweep '{p.name}' was started with a different plan "
+                          "(datasets, methods, space, fixed options, trials, seeds, metric or "
+                          "sampler); resume it with the arguments it started with")
+    tracking.log_tags(parent.info.run_id, {"status": "running"}, uri)
+    tracking.with_retry(c.update_run, parent.info.run_id, status="RUNNING")
+    say(f"resuming sweep '{p.name}' (MLflow parent run {parent.info.run_id})")
+    return parent.info.run_id
 
 
 def _store_and_ray(uri: str, experiment: str, address, num_cpus) -> str:
@@ -1181,8 +1400,9 @@ def _log_sweep_params(uri: str, parent: str, p: Plan) -> None:
     tracking.log_params(parent, params, uri)
 
 
-def _execute(p: Plan, uri, experiment_id, parent, address, num_cpus, max_concurrent,
-             time_budget_s, storage_path, log_model, flush_every_s, verbose, say) -> SweepResults:
+def _execute(p: Plan, uri, experiment_id, parent, max_concurrent, time_budget_s, storage,
+             log_model, flush_every_s, verbose, say, *, resume: bool, max_failures: int,
+             checkpoint_every: int, callbacks: list):
     from ray import tune as rt
 
     from . import tracking
@@ -1191,38 +1411,65 @@ def _execute(p: Plan, uri, experiment_id, parent, address, num_cpus, max_concurr
                    searched={x.key: tuple(x.space) for x in p.pairs},
                    metrics=p.metrics, modes=p.modes, seeds=p.seeds, base_seed=p.base_seed,
                    log_model=log_model,
-                   flush_every_s=tracking.FLUSH_EVERY_S if flush_every_s is None else flush_every_s)
-    with _quiet(verbose):
-        searcher = _make_searcher(p)
+                   flush_every_s=tracking.FLUSH_EVERY_S if flush_every_s is None else flush_every_s,
+                   checkpoint_every=checkpoint_every)
     recorder = _make_recorder(p, say)
-    scheduler = p.scheduler
-    if isinstance(scheduler, dict):
-        from ray.tune.schedulers import ASHAScheduler
-        max_t = p.seeds * p.max_epochs
-        settings = {k: v for k, v in scheduler.items() if k != "name"}
-        settings.setdefault("grace_period", max(1, max_t // 4))
-        settings.setdefault("reduction_factor", 3)
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=f"mean_{p.metrics[0]}",
-                                  mode=p.modes[0], max_t=max_t, stop_last_trials=False, **settings)
     trainable = rt.with_resources(rt.with_parameters(_run_trial, ctx=ctx),
                                   {k: v for k, v in p.resources.items() if v or k == "cpu"})
     # Tune's own per-trial files would repeat what MLflow holds; they cost a write per epoch
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    storage = str(Path(storage_path or Path.cwd() / "runs" / "ray").expanduser().resolve()) \
-        if storage_path is None or "://" not in str(storage_path) else storage_path
-    tuner = rt.Tuner(
-        trainable,
-        tune_config=rt.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                  num_samples=p.total_trials, reuse_actors=True,
-                                  max_concurrent_trials=max_concurrent,
-                                  time_budget_s=time_budget_s),
-        run_config=rt.RunConfig(name=p.name, storage_path=storage, callbacks=[recorder],
-                                verbose=0 if verbose < 2 else 1))
+    if resume:
+        # Tune's restore: its experiment state and our searcher's studies come back;
+        # unfinished and errored trials continue from their last checkpoints
+        path = storage.rstrip("/") + "/" + p.name
+        with _quiet(verbose):
+            tuner = rt.Tuner.restore(path, trainable, resume_unfinished=True,
+                                     resume_errored=True)
+        # the run config (callbacks included) was pickled at the first start; this
+        # session's recorder and callbacks replace those copies
+        tuner._local_tuner.get_run_config().callbacks = [recorder, *callbacks]
+        studies = None
+    else:
+        with _quiet(verbose):
+            searcher = _make_searcher(p)
+        studies = searcher.studies
+        scheduler = p.scheduler
+        if isinstance(scheduler, dict):
+            from ray.tune.schedulers import ASHAScheduler
+            max_t = p.seeds * p.max_epochs
+            settings = {k: v for k, v in scheduler.items() if k != "name"}
+            settings.setdefault("grace_period", max(1, max_t // 4))
+            settings.setdefault("reduction_factor", 3)
+            scheduler = ASHAScheduler(time_attr="training_iteration",
+                                      metric=f"mean_{p.metrics[0]}", mode=p.modes[0],
+                                      max_t=max_t, stop_last_trials=False, **settings)
+        tuner = rt.Tuner(
+            trainable,
+            tune_config=rt.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                      num_samples=p.total_trials, reuse_actors=True,
+                                      max_concurrent_trials=max_concurrent,
+                                      time_budget_s=time_budget_s),
+            run_config=rt.RunConfig(
+                name=p.name, storage_path=storage, callbacks=[recorder, *callbacks],
+                verbose=0 if verbose < 2 else 1,
+                failure_config=rt.FailureConfig(max_failures=max_failures),
+                # the latest is all a restart needs; older ones only cost disk
+                checkpoint_config=rt.CheckpointConfig(num_to_keep=1)))
     with _quiet(verbose):
-        tuner.fit()
-    df, best, pareto = _collect(p, recorder)
-    return SweepResults(p.name, p, df, best, pareto, searcher.studies, uri, p.experiment,
-                        experiment_id, parent, 0.0)
+        grid = tuner.fit()
+    if studies is None:  # restored: the searcher Tune restored holds the studies
+        studies = _restored_studies(tuner)
+    df, best, pareto = _collect(p, _trial_records(grid, recorder))
+    return SweepResults(p.name, p, df, best, pareto, studies, uri, p.experiment,
+                        experiment_id, parent, 0.0), grid
+
+
+def _restored_studies(tuner) -> dict:
+    """The Optuna studies of a restored sweep (inside Tune's search wrapper)."""
+    alg = tuner._local_tuner._tune_config.search_alg
+    for attr in ("searcher", "_searcher"):
+        alg = getattr(alg, attr, alg)
+    return getattr(alg, "studies", {})
 
 
 class _quiet:
@@ -1268,22 +1515,102 @@ class _quiet:
         self.warn.__exit__(*exc)
 
 
-def _finish(res: SweepResults, uri: str, say, table_by=None) -> None:
-    """Close runs a stopped or crashed trial left open, record the outcome on the
-    sweep's parent run, print the table and how to look at it."""
+def _reach(uri: str, experiment_id: str, wait_s: float, say) -> bool:
+    """Whether the store answers, waiting up to `wait_s` for it to come back."""
     from . import tracking
+    deadline, delay, told = time.monotonic() + wait_s, 1.0, False
+    while True:
+        try:
+            tracking.client(uri).get_experiment(experiment_id)
+            if told:
+                say("MLflow store is back.")
+            return True
+        except Exception as e:  # noqa: BLE001
+            if time.monotonic() + delay > deadline:
+                return False
+            if not told:
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                say(f"MLflow store {tracking.redact(uri)} is not answering ({tracking.redact(reason)});"
+                    f" waiting up to {wait_s:.0f} s for it")
+                told = True
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def _deliver_pending(records: list[dict], uri: str) -> tuple[int, int]:
+    """MLflow writes trials left in their last checkpoints (the store was away when
+    they ended): delivered now. Returns (delivered, still pending) op counts."""
+    from .outbox import OUTBOX_FILE, Outbox
+    done = left = 0
+    for rec in records:
+        ck = rec.get("checkpoint")
+        if ck is None:
+            continue
+        try:  # read just the outbox first: most checkpoints have nothing pending
+            with ck.filesystem.open_input_file(f"{ck.path}/outbox/{OUTBOX_FILE}") as f:
+                if not json.loads(f.readall()).get("ops"):
+                    continue
+        except (FileNotFoundError, OSError):
+            continue
+        with tempfile.TemporaryDirectory(prefix="sal-outbox-") as tmp:
+            ck.to_directory(tmp)
+            box = Outbox.load(uri, Path(tmp) / "outbox")
+            n = box.pending
+            box.deliver(force=True)
+            done, left = done + n - box.pending, left + box.pending
+    return done, left
+
+
+def _finish(res: SweepResults, grid, uri: str, say, table_by=None,
+            wait_s: float = 120.0) -> None:
+    """Deliver what a tracking outage left pending, close runs a stopped or crashed
+    trial left open, record the outcome on the sweep's parent run, print the table
+    and how to look at it."""
+    from . import tracking
+    records = _trial_records(grid)
+    ended = int(res.trials.status.isin(["completed", "diverged", "failed", "stopped", "crashed"])
+                .sum()) if len(res.trials) else 0
+    say("")
+    say(res.table())
+    if table_by:
+        say("")
+        say(res.grid(table_by))
+    resume_how = (f"sal_ray.tune(<same arguments>, name='{res.name}', resume=True), or the "
+                  f"sweep script with --resume {res.name}")
+    if not _reach(uri, res.experiment_id, wait_s, say):
+        say(f"\nsweep '{res.name}': {ended} of {res.plan.total_trials} trials ended, but the "
+            f"MLflow store {tracking.redact(uri)} is away: their last records wait in the "
+            f"trial checkpoints under {grid.experiment_path}. Deliver them when "
+            f"it is back: {resume_how}.")
+        res.undelivered = True
+        return
+    delivered, left = _deliver_pending(records, uri)
+    if delivered:
+        say(f"delivered {delivered} MLflow write(s) a tracking outage had left pending")
+    res.undelivered = left > 0
     c = tracking.client(uri)
-    open_runs = [r for r in tracking.with_retry(
+    children = [r for r in tracking.with_retry(
         c.search_runs, [res.experiment_id], filter_string=f"tags.sweep = '{res.name}'",
-        max_results=50000) if r.info.status == "RUNNING" and r.info.run_id != res.parent_run_id]
+        max_results=50000) if r.info.run_id != res.parent_run_id]
     status = dict(zip(res.trials.trial_id, res.trials.status)) if len(res.trials) else {}
-    for r in open_runs:
+    for r in children:
+        if r.info.status != "RUNNING":
+            continue
         s = status.get(r.data.tags.get("trial"), "crashed")
         tracking.set_status(r.info.run_id, s if s != "completed" else "crashed", uri,
                             "ended by the sweep: the trial stopped before this run finished")
+    # the run ids of every trial, from the store: a trial whose store was away when
+    # it reported could not name them
+    by_trial: dict[str, list] = {}
+    for r in children:
+        by_trial.setdefault(r.data.tags.get("trial"), []).append(
+            (int(r.data.tags.get("seed_index", 0)), r.info.run_id))
+    if len(res.trials):
+        res.trials["mlflow_run_ids"] = [",".join(rid for _, rid in sorted(by_trial.get(t, [])))
+                                        for t in res.trials.trial_id]
+        for b in res.best.values():
+            b["mlflow_run_ids"] = ",".join(rid for _, rid in sorted(by_trial.get(b["trial_id"], [])))
     # fewer trials than planned: Ctrl-C or time_budget_s ended the sweep early
-    ended = int(res.trials.status.isin(["completed", "diverged", "failed", "stopped", "crashed"])
-                .sum()) if len(res.trials) else 0
     outcome = "completed" if ended >= res.plan.total_trials else "interrupted"
     tags = {"status": outcome, "elapsed_s": f"{res.elapsed_s:.1f}",
             "trials_ended": f"{ended}/{res.plan.total_trials}"}
@@ -1302,15 +1629,15 @@ def _finish(res: SweepResults, uri: str, say, table_by=None) -> None:
             res.table() + "\n" + (f"\n{res.grid(table_by)}\n" if table_by else ""))
         Path(tmp, "best.json").write_text(json.dumps(best_json, indent=2, default=str))
         tracking.with_retry(c.log_artifacts, res.parent_run_id, tmp)
-    tracking.with_retry(c.set_terminated, res.parent_run_id, "FINISHED")
-    say("")
-    say(res.table())
-    if table_by:
-        say("")
-        say(res.grid(table_by))
+    tracking.with_retry(c.set_terminated, res.parent_run_id,
+                        "FINISHED" if outcome == "completed" else "KILLED")
     say(f"\nsweep '{res.name}' {'done' if outcome == 'completed' else 'INTERRUPTED'} in "
         f"{res.elapsed_s:.0f} s; {ended} of {res.plan.total_trials} trials in MLflow "
         f"experiment '{res.experiment}'.")
+    if outcome != "completed":
+        say(f"Resume it: {resume_how}.")
+    if res.undelivered:
+        say(f"{left} MLflow write(s) are still pending in trial checkpoints; resume to deliver.")
     say(f"Open the MLflow UI:  {tracking.ui_command(uri)}")
     say(f"  then filter runs:  tags.sweep = '{res.name}'")
 
@@ -1345,6 +1672,11 @@ def script_parser(doc: str, *, datasets: Sequence[str], seeds: int):
     ap.add_argument("--gpus-per-trial", type=float, default=None,
                     help="default: the study's share on a cluster, 0 locally")
     ap.add_argument("--max-concurrent", type=int, default=None)
+    ap.add_argument("--storage-path", default=None,
+                    help="where Tune keeps trial checkpoints (default ./runs/ray)")
+    ap.add_argument("--resume", nargs="?", const=True, default=None, metavar="NAME",
+                    help="continue an interrupted sweep of this study (default: the newest "
+                         "one in --storage-path), with the options it started with")
     ap.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
     ap.add_argument("-v", "--verbose", type=int, default=1, help="0 quiet, 1 lines, 2 Tune's own")
     return ap
@@ -1381,12 +1713,27 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
                  "gpu": args.gpus_per_trial if args.gpus_per_trial is not None
                  else (gpus if on_cluster else 0.0)}
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    prefix = f"{study}{'-quick' if args.quick else ''}-"
+    name = args.name or f"{prefix}{stamp}"
+    resume = args.resume is not None
+    if resume:
+        name = args.resume if isinstance(args.resume, str) else \
+            args.name or _newest_sweep(_storage(args.storage_path), prefix)
     res = tune(datasets, args.methods or list(methods), space, fixed=fixed,
                method_spaces=method_spaces, trials=trials, sampler=sampler, scheduler=scheduler,
                seeds=seeds, resources=resources, metric=metric, mode=mode,
                experiment=args.experiment or f"sal-{study}",
-               name=args.name or f"{study}{'-quick' if args.quick else ''}-{stamp}",
-               tracking_uri=args.tracking_uri, address=args.address,
+               name=name, tracking_uri=args.tracking_uri, address=args.address,
                max_concurrent=args.max_concurrent, verbose=args.verbose, table_by=by,
-               dry_run=args.dry_run)
+               dry_run=args.dry_run, storage_path=args.storage_path, resume=resume)
     return res
+
+
+def _newest_sweep(storage: str, prefix: str) -> str:
+    """The newest sweep named `prefix...` in a local storage folder (for --resume)."""
+    found = sorted((d for d in Path(storage).glob(f"{prefix}*") if (d / "tuner.pkl").is_file()),
+                   key=lambda d: d.stat().st_mtime) if "://" not in storage else []
+    if not found:
+        raise ConfigError("resume", f"no sweep named {prefix}* in {storage} to resume; "
+                          "name one: --resume NAME")
+    return found[-1].name

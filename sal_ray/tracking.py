@@ -24,6 +24,7 @@ import random
 import re
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -152,6 +153,19 @@ def check_store(uri: str, experiment: str) -> str:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# A training process talks to an HTTP store with few retries and a short timeout:
+# a write the store does not take waits in the run's outbox, so MLflow's own
+# retries (minutes of back-off by default) would only stall training.
+FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def fail_fast_http() -> None:
+    """Set FAIL_FAST_HTTP in this process unless the user set those variables."""
+    for k, v in FAIL_FAST_HTTP.items():
+        os.environ.setdefault(k, v)
 
 
 def with_retry(fn: Callable, *args, attempts: int = 8, **kwargs):
@@ -301,43 +315,59 @@ def start_run(uri: str, experiment_id: str, name: str, tags: dict[str, Any],
 
 
 class MLflowRun(Callback):
-    """Records one training run as one MLflow run.
+    """Records one training run as one MLflow run, through an `Outbox`.
 
     on_start: creates the run (tags: dataset, method, status=running, code version,
-    libraries, hardware, plus `tags`) and logs every parameter of `Run.params()`
-    plus `extra_params`. on_epoch: per-epoch metrics at step = epoch, buffered and
-    written every `flush_every_s`. The last epoch completes the run (final_*
+    libraries, hardware, `run_key`, plus `tags`) and logs every parameter of
+    `Run.params()` plus `extra_params`; a run resumed from a checkpoint re-attaches
+    to the run of `key` instead. on_epoch: per-epoch metrics at step = epoch,
+    delivered every `flush_every_s`. The last epoch completes the run (final_*
     metrics, status=completed) right there, so a scheduler that stops the trial in
     a later callback cannot leave it open. on_end: any other ending (diverged,
     stopped) is recorded with its message. `close()` ends a run the trainer never
     ended (the trial was stopped or crashed).
+
+    Training never waits for the store: writes it cannot take now stay in
+    `outbox` and go with a later flush (a sweep also checkpoints them). `key`
+    names the run across processes (default: a fresh one); pass the `outbox` a
+    restarted process restored to continue the same run.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, *, parent_run_id: str | None = None,
                  run_name: str | None = None, tags: dict[str, Any] | None = None,
                  extra_params: dict[str, Any] | None = None,
-                 flush_every_s: float = FLUSH_EVERY_S):
+                 flush_every_s: float = FLUSH_EVERY_S, key: str | None = None,
+                 outbox=None):
+        from .outbox import Outbox
         self.uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.run_name, self.tags = run_name, dict(tags or {})
         self.extra_params = dict(extra_params or {})
         self.flush_every_s = flush_every_s
-        self.run_id: str | None = None
+        self.key = key or uuid.uuid4().hex
+        self.outbox = outbox if outbox is not None else Outbox(tracking_uri, experiment_id)
         self.status: str | None = None  # set once the run is ended
+        self.opened = False
         self.history: list[dict[str, float]] = []
-        self._buffer: list = []
         self._last_flush = 0.0
         self.epochs = 0
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id; None while the store has not taken the run yet."""
+        return self.outbox.run_ids.get(self.key)
 
     # -- trainer hooks --
     def on_start(self, run: Run) -> None:
         params = {**run.params(), **self.extra_params}
         self.epochs = run.cfg.optim.epochs
+        self.history = list(getattr(run, "history", []) or [])
         self.open(params)
 
     def on_epoch(self, metrics: dict[str, float]) -> None:
         step = int(metrics["epoch"])
         self.history.append(dict(metrics))
-        self._buffer += metric_list({k: v for k, v in metrics.items() if k != "epoch"}, step)
+        self.outbox.metrics(self.key, metric_list(
+            {k: v for k, v in metrics.items() if k != "epoch"}, step))
         if step >= self.epochs:
             self.complete()
         elif time.monotonic() - self._last_flush >= self.flush_every_s:
@@ -353,38 +383,42 @@ class MLflowRun(Callback):
             self.close(result.status, result.message)
 
     # -- the run's life --
-    def open(self, params: dict[str, Any]) -> str:
-        """Create the run and log `params` (also used when a run fails before training)."""
-        tags = {"dataset": params.get("dataset"), "method": params.get("method"),
-                "status": "running", **run_tags(), **self.tags}
-        self.run_id = start_run(self.uri, self.experiment_id, self.run_name or default_name(params),
-                                tags, self.parent_run_id)
-        log_params(self.run_id, params, self.uri)
-        self._last_flush = time.monotonic()
-        return self.run_id
+    def open(self, params: dict[str, Any]) -> None:
+        """Create the run and log `params` (also used when a run fails before
+        training); a run the outbox already knows is taken up again instead."""
+        if self.outbox.knows(self.key):
+            self.outbox.reopen(self.key)
+        else:
+            tags = {"dataset": params.get("dataset"), "method": params.get("method"),
+                    "status": "running", **run_tags(), **self.tags}
+            self.outbox.create(self.key, self.run_name or default_name(params), tags,
+                               self.parent_run_id)
+            self.outbox.params(self.key, params)
+        self.opened = True
+        self.flush(force=True)
 
-    def flush(self) -> None:
-        if self._buffer and self.run_id:
-            log_metrics(self.run_id, self._buffer, self.uri)
-        self._buffer = []
+    def flush(self, force: bool = False) -> bool:
+        """Deliver what waits; False if the store did not take it all (kept for later)."""
         self._last_flush = time.monotonic()
+        return self.outbox.deliver(force=force)
 
     def complete(self) -> None:
         last = self.history[-1] if self.history else {}
-        self._buffer += metric_list(final_metrics(last, self.history), int(last.get("epoch", 0)))
-        self.flush()
+        self.outbox.metrics(self.key, metric_list(final_metrics(last, self.history),
+                                                  int(last.get("epoch", 0))))
+        self.outbox.end(self.key, "completed")
         self.status = "completed"
-        set_status(self.run_id, "completed", self.uri)
+        self.flush(force=True)
 
     def close(self, status: str, message: str = "") -> None:
         """End the run as `status` unless already ended; never raises (it runs on
         the way out of a failing trial, where the original error matters more)."""
-        if self.status is not None or self.run_id is None:
+        if self.status is not None or not self.opened:
             return
         self.status = status
+        self.outbox.end(self.key, status, message)
         try:
-            self.flush()
-            set_status(self.run_id, status, self.uri, message)
+            self.flush(force=True)
         except Exception:  # noqa: BLE001
             pass
 

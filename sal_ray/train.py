@@ -50,6 +50,7 @@ class Run:
     y_val: torch.Tensor
     counts: ParamCounts
     device: torch.device
+    history: list = field(default_factory=list)  # epochs done, from a checkpoint resumed
 
     @property
     def routed_layers(self) -> list[int]:
@@ -194,8 +195,13 @@ def save_checkpoint(run: Run, folder: str, epoch: int, history: list) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, CHECKPOINT_NAME)
     tmp = f"{path}.tmp-{os.getpid()}"
+    # the RNG states too: nothing in a step draws from them today, but a rule that
+    # does must resume exactly; the data order needs none (epoch_order)
     torch.save({"epoch": epoch, "history": history, "config": run.cfg.to_flat(),
-                "net": run.net.state_dict(), "optimizer": run.optimizer.state_dict()}, tmp)
+                "net": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda"
+                        else None}}, tmp)
     os.replace(tmp, path)
     return path
 
@@ -214,6 +220,11 @@ def load_checkpoint(run: Run, folder: str) -> tuple[int, list]:
                           f"different configuration: {differ}")
     run.net.load_state_dict(state["net"])
     run.optimizer.load_state_dict(state["optimizer"])
+    rng = state.get("rng") or {}
+    if rng.get("torch") is not None:
+        torch.set_rng_state(rng["torch"].cpu())
+    if rng.get("cuda") is not None and run.device.type == "cuda":
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
     return state["epoch"], state["history"]
 
 
@@ -240,14 +251,16 @@ def epoch_metrics(run: Run, epoch: int, wall0: float, train_fn: Callable = train
 
 
 def fit(cfg: Config, callbacks: Sequence[Callback] = (), checkpoint_dir: str | None = None,
-        run: Run | None = None) -> RunResult:
+        run: Run | None = None, checkpoint_every: int = 1) -> RunResult:
     """Train `cfg` to the end (or divergence); report after every epoch.
 
     With `checkpoint_dir`, an existing checkpoint there is resumed from and a
-    new one written after every epoch.
+    new one written every `checkpoint_every` epochs and after the last, before
+    the callbacks hear of that epoch (a callback may ship the folder elsewhere).
     """
     run = run or build(cfg)
     done, history = load_checkpoint(run, checkpoint_dir) if checkpoint_dir else (0, [])
+    run.history = list(history)
     for cb in callbacks:
         cb.on_start(run)
     result = RunResult("completed", run.params(), history, counts=run.counts.as_dict(), net=run.net)
@@ -258,7 +271,7 @@ def fit(cfg: Config, callbacks: Sequence[Callback] = (), checkpoint_dir: str | N
             result.status, result.message = "diverged", why
             break
         history.append(metrics)
-        if checkpoint_dir:
+        if checkpoint_dir and (epoch % checkpoint_every == 0 or epoch == cfg.optim.epochs):
             save_checkpoint(run, checkpoint_dir, epoch, history)
         for cb in callbacks:
             cb.on_epoch(metrics)

@@ -1,0 +1,235 @@
+"""MLflow writes that survive a tracking outage: queued, delivered in order, never twice.
+
+    box = Outbox(uri, experiment_id, folder)
+    box.create("sweep/trial_00001/s0", name, tags, parent_run_id)
+    box.metrics("sweep/trial_00001/s0", metric_list)    # ... per epoch
+    box.deliver()                                       # False: some still wait
+
+Every write a training run makes (create the run, params, per-epoch metrics,
+tags, artifacts, its end) is an op here. `deliver()` sends the ops in order and
+stops at the first one the store does not take; the rest wait for the next call
+(after a back-off, so an outage costs training no time). The outbox is plain
+JSON plus the artifact files in its folder: a sweep trial's checkpoint holds it,
+so writes pending when a trial is killed or the server is down are delivered by
+the restarted trial, by the driver when the sweep ends, or on resume.
+
+Never twice, although a killed process may have sent anything up to its death:
+- runs are created under a `run_key` tag, after looking for one: a run that an
+  earlier process created is re-attached, not duplicated;
+- a run re-attached, restored from a checkpoint or hit by a write that failed
+  midway is "uncertain": its params already in the store are skipped, and each
+  metric point is sent only if the store lacks that (key, step).
+
+MLflow is reached through `tracking`'s helpers, imported lazily: this module is
+orchestration, never imported by the core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+OUTBOX_FILE = "outbox.json"
+# Waits between delivery attempts after a failure: 1, 2, 4 ... capped here (s).
+MAX_BACKOFF_S = 60.0
+# MLflow error codes that no retry can fix: the op is dropped (and reported).
+PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
+             "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST"}
+
+
+def _permanent(err: Exception) -> bool:
+    code = getattr(err, "error_code", None)
+    return code in PERMANENT
+
+
+def _reason(err: Exception) -> str:
+    from .tracking import redact
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return redact(text)[:300]
+
+
+class Outbox:
+    """Ordered pending writes to one MLflow store (see the module doc)."""
+
+    def __init__(self, uri: str, experiment_id: str, folder: str | os.PathLike | None = None):
+        self.uri, self.experiment_id = uri, experiment_id
+        self.folder = Path(folder) if folder is not None else None
+        self.ops: list[dict[str, Any]] = []
+        self.run_ids: dict[str, str] = {}   # run key -> MLflow run id
+        self.uncertain: set[str] = set()    # run keys whose store state must be read first
+        self.dropped: list[str] = []        # ops the store refused for good, and why
+        self.error = ""                     # why the last delivery stopped
+        self._failures = 0
+        self._next_try = 0.0
+        self._steps: dict[tuple[str, str], set[int]] = {}  # (run key, metric) -> steps stored
+
+    # ---- queueing -------------------------------------------------------------------
+    def knows(self, key: str) -> bool:
+        """Whether run `key` exists or its creation is queued."""
+        return key in self.run_ids or any(op["op"] == "create" and op["key"] == key
+                                          for op in self.ops)
+
+    def create(self, key: str, name: str, tags: dict[str, Any], parent_run_id: str | None):
+        self.ops.append({"op": "create", "key": key, "name": name, "parent": parent_run_id,
+                         "tags": {k: str(v) for k, v in tags.items()}})
+
+    def reopen(self, key: str) -> None:
+        """A run taken up again (a trial restarted): mark it running once more."""
+        self.uncertain.add(key)
+        self.ops.append({"op": "reopen", "key": key})
+
+    def params(self, key: str, params: dict[str, Any]) -> None:
+        self.ops.append({"op": "params", "key": key,
+                         "params": {str(k): str(v) for k, v in params.items()}})
+
+    def metrics(self, key: str, metrics: list) -> None:
+        """`metrics`: mlflow.entities.Metric objects (stored as plain lists)."""
+        rows = [[m.key, m.value, m.timestamp, m.step] for m in metrics]
+        last = self.ops[-1] if self.ops else None
+        if last is not None and last["op"] == "metrics" and last["key"] == key:
+            last["metrics"] += rows  # one write for all the epochs that waited
+        elif rows:
+            self.ops.append({"op": "metrics", "key": key, "metrics": rows})
+
+    def tags(self, key: str, tags: dict[str, Any]) -> None:
+        self.ops.append({"op": "tags", "key": key, "tags": {k: str(v) for k, v in tags.items()}})
+
+    def artifact(self, key: str, path: str, artifact_path: str) -> None:
+        """Copies `path` into the outbox folder now: the caller's file may not last."""
+        if self.folder is None:
+            raise ValueError("an Outbox without a folder cannot hold artifacts")
+        files = self.folder / "files"
+        files.mkdir(parents=True, exist_ok=True)
+        name = f"{len(list(files.iterdir())):04d}-{Path(path).name}"
+        shutil.copy2(path, files / name)
+        self.ops.append({"op": "artifact", "key": key, "file": f"files/{name}",
+                         "artifact_path": artifact_path})
+
+    def end(self, key: str, status: str, message: str = "") -> None:
+        self.ops.append({"op": "end", "key": key, "status": status, "message": message})
+
+    # ---- delivery ---------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        return len(self.ops)
+
+    def deliver(self, force: bool = False) -> bool:
+        """Send what waits, in order; True when nothing is left. Never raises for an
+        unreachable store: the ops stay, `error` says why, the next call (after a
+        back-off unless `force`) tries again."""
+        if not self.ops:
+            return True
+        if not force and time.monotonic() < self._next_try:
+            return False
+        while self.ops:
+            op = self.ops[0]
+            try:
+                self._send(op)
+            except Exception as e:  # noqa: BLE001 - any failure: keep the op for later
+                if _permanent(e):
+                    self.dropped.append(f"{op['op']} for {op['key']}: {_reason(e)}")
+                    self.ops.pop(0)
+                    self._drop_file(op)
+                    continue
+                self.error = _reason(e)
+                self.uncertain.add(op["key"])  # the store may have taken part of it
+                self._steps = {k: v for k, v in self._steps.items() if k[0] != op["key"]}
+                self._failures += 1
+                self._next_try = time.monotonic() + min(MAX_BACKOFF_S, 2.0 ** (self._failures - 1))
+                return False
+            self.ops.pop(0)
+            self._drop_file(op)
+        self._failures, self.error = 0, ""
+        return True
+
+    def _drop_file(self, op: dict) -> None:
+        if op["op"] == "artifact" and self.folder is not None:
+            (self.folder / op["file"]).unlink(missing_ok=True)
+
+    def _send(self, op: dict) -> None:
+        from . import tracking
+        key, kind = op["key"], op["op"]
+        if kind == "create":
+            if key not in self.run_ids:
+                self._create(op)
+            return
+        run_id = self.run_ids[key]  # its create op came first
+        c = tracking.client(self.uri)
+        if kind == "reopen":
+            tracking.log_tags(run_id, {"status": "running"}, self.uri)
+            tracking.with_retry(c.update_run, run_id, status="RUNNING")
+        elif kind == "params":
+            params = op["params"]
+            if key in self.uncertain:
+                have = tracking.with_retry(c.get_run, run_id).data.params
+                params = {k: v for k, v in params.items() if k not in have}
+            tracking.log_params(run_id, params, self.uri)
+        elif kind == "metrics":
+            self._send_metrics(key, run_id, op["metrics"])
+        elif kind == "tags":
+            tracking.log_tags(run_id, op["tags"], self.uri)
+        elif kind == "artifact":
+            tracking.with_retry(c.log_artifact, run_id, str(self.folder / op["file"]),
+                                op["artifact_path"])
+        elif kind == "end":
+            tracking.set_status(run_id, op["status"], self.uri, op["message"])
+
+    def _create(self, op: dict) -> None:
+        from . import tracking
+        c = tracking.client(self.uri)
+        found = tracking.with_retry(c.search_runs, [self.experiment_id],
+                                    filter_string=f"tags.run_key = '{op['key']}'", max_results=1)
+        if found:  # an earlier process created it: take it up, never make a second one
+            self.run_ids[op["key"]] = found[0].info.run_id
+            self.uncertain.add(op["key"])
+            return
+        self.run_ids[op["key"]] = tracking.start_run(
+            self.uri, self.experiment_id, op["name"], {**op["tags"], "run_key": op["key"]},
+            op["parent"])
+
+    def _send_metrics(self, key: str, run_id: str, rows: list) -> None:
+        from mlflow.entities import Metric
+
+        from . import tracking
+        if key in self.uncertain:
+            c = tracking.client(self.uri)
+            for name in {r[0] for r in rows}:
+                if (key, name) not in self._steps:
+                    history = tracking.with_retry(c.get_metric_history, run_id, name)
+                    self._steps[(key, name)] = {m.step for m in history}
+            rows = [r for r in rows if r[3] not in self._steps[(key, r[0])]]
+        tracking.log_metrics(run_id, [Metric(k, float(v), int(t), int(s)) for k, v, t, s in rows],
+                             self.uri)
+        for k, _, _, s in rows:
+            if (key, k) in self._steps:
+                self._steps[(key, k)].add(int(s))
+
+    # ---- on disk ------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the pending ops into the folder, atomically (a checkpoint copies it)."""
+        if self.folder is None:
+            raise ValueError("an Outbox without a folder cannot be saved")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / OUTBOX_FILE
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"experiment_id": self.experiment_id, "ops": self.ops,
+                                   "run_ids": self.run_ids, "dropped": self.dropped}))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, uri: str, folder: str | os.PathLike) -> "Outbox":
+        """The outbox saved in `folder`. Every run it knows is uncertain: the process
+        that saved it may have sent more before it ended."""
+        data = json.loads((Path(folder) / OUTBOX_FILE).read_text())
+        box = cls(uri, data["experiment_id"], folder)
+        box.ops, box.run_ids, box.dropped = data["ops"], data["run_ids"], data.get("dropped", [])
+        box.uncertain = set(box.run_ids) | {op["key"] for op in box.ops}
+        return box
+
+    @staticmethod
+    def saved_in(folder: str | os.PathLike) -> bool:
+        return (Path(folder) / OUTBOX_FILE).is_file()
