@@ -204,6 +204,12 @@ def train_epoch(run: Run, epoch: int, group: Group) -> dict[str, Any]:
             # every worker must take the same branch, so decide on the global sum
             if not torch.isfinite(all_sum(loss_sum.clone(), group)):
                 return {"finite": False}
+    return epoch_totals(loss_sum, correct, usage, n, group)
+
+
+def epoch_totals(loss_sum, correct, usage: dict, n: int, group: Group) -> dict[str, Any]:
+    """The epoch's train loss, accuracy and area usage, summed over workers (one
+    all-reduce); the sums are float64, exact for the integer counts."""
     totals = all_sum(torch.cat([loss_sum.view(1), correct.view(1), *usage.values()]), group)
     train_loss = totals[0].item() / n
     sizes = [c.numel() for c in usage.values()]
@@ -253,37 +259,57 @@ def _resume(run: Run, resume_dir: str | None, group: Group) -> tuple[int, list]:
 
 def fit(cfg: Config, group: Group, checkpoint_dir: str | None = None,
         callbacks: Sequence[Callback] = (), report: Report | None = None,
-        resume_dir: str | None = None) -> RunResult:
-    """`sal_ray.train.fit`, data parallel over the initialised process group.
+        resume_dir: str | None = None, layout: str = "data",
+        boundaries: Sequence[int] | None = None) -> RunResult:
+    """`sal_ray.train.fit` over the initialised process group.
 
-    Call it on every worker. `checkpoint_dir`: rank 0 writes the core checkpoint
-    there after every epoch (and resumes from it, unless `resume_dir` names another
-    folder). `callbacks` run on rank 0 only; `report(metrics, folder)` runs on
-    every worker after every epoch, `folder` being rank 0's fresh checkpoint
-    (None elsewhere): the hook the Ray wrapper uses. Returns rank 0's result on
-    every worker.
+    Call it on every worker. `layout`: "data" (this module) or "layer" (SAL only:
+    `layer_parallel.fit`, with optional stage `boundaries`). `checkpoint_dir`:
+    rank 0 writes the core checkpoint there after every epoch (and resumes from
+    it, unless `resume_dir` names another folder). `callbacks` run on rank 0
+    only; `report(metrics, folder)` runs on every worker after every epoch,
+    `folder` being rank 0's fresh checkpoint (None elsewhere): the hook the Ray
+    wrapper uses. Returns rank 0's result on every worker.
     """
+    from .layer_parallel import check_layout
+    check_layout(cfg, layout, group.world)
+    if layout == "layer":
+        from . import layer_parallel
+        return layer_parallel.fit(cfg, group, checkpoint_dir, callbacks, report, resume_dir,
+                                  boundaries)
     run = build(cfg.replace(device=str(group.device)))
     done, history = _resume(run, resume_dir or checkpoint_dir, group)
+
+    def save(epoch: int, history: list) -> str | None:
+        if group.is_main and checkpoint_dir:
+            save_checkpoint(run, checkpoint_dir, epoch, history)
+            return checkpoint_dir
+        return None
+
+    params = {**run.params(), "num_workers": group.world, "layout": "data_parallel"}
+    return run_epochs(run, group, done, history, params,
+                      lambda r, e: train_epoch(r, e, group),
+                      lambda r, x, y: evaluate(r, x, y, group), save, callbacks, report)
+
+
+def run_epochs(run: Run, group: Group, done: int, history: list, params: dict,
+               train_fn: Callable, eval_fn: Callable, save: Callable, callbacks, report):
+    """The epochs after `done`, as `sal_ray.train.fit` runs them, with this
+    layout's train/eval functions; `save(epoch, history)` checkpoints and returns
+    the folder to report (or None). Callbacks run on rank 0 only."""
     callbacks = callbacks if group.is_main else ()
     for cb in callbacks:
         cb.on_start(run)
-    params = {**run.params(), "num_workers": group.world, "layout": "data_parallel"}
     result = RunResult("completed", params, history, counts=run.counts.as_dict(), net=run.net)
     wall0 = time.perf_counter() - (history[-1]["wall_time_s"] if history else 0.0)
-    for epoch in range(done + 1, cfg.optim.epochs + 1):
-        metrics, why = epoch_metrics(run, epoch, wall0,
-                                     lambda r, e: train_epoch(r, e, group),
-                                     lambda r, x, y: evaluate(r, x, y, group))
+    for epoch in range(done + 1, run.cfg.optim.epochs + 1):
+        metrics, why = epoch_metrics(run, epoch, wall0, train_fn, eval_fn)
         if metrics is None:
             result.status, result.message = "diverged", why
             break
         metrics["num_workers"] = group.world
         history.append(metrics)
-        folder = None
-        if group.is_main and checkpoint_dir:
-            save_checkpoint(run, checkpoint_dir, epoch, history)
-            folder = checkpoint_dir
+        folder = save(epoch, history)
         for cb in callbacks:
             cb.on_epoch(metrics)
         if report is not None:  # reported metrics also carry the parameter counts
@@ -332,19 +358,33 @@ def _fit_jobs(group: Group, jobs: list[dict]) -> list[RunResult]:
     results = []
     for job in jobs:
         cfg = Config.from_flat(job["config"])
-        r = fit(cfg, group, job.get("checkpoint_dir"), resume_dir=job.get("resume_dir"))
+        layout = job.get("layout", "data")
+        if layout == "layer":  # the whole net gathered on rank 0, as the data layout returns
+            from . import layer_parallel
+            r = layer_parallel.fit(cfg, group, job.get("checkpoint_dir"),
+                                   resume_dir=job.get("resume_dir"),
+                                   boundaries=job.get("boundaries"), gather_net=True)
+        else:
+            r = fit(cfg, group, job.get("checkpoint_dir"), resume_dir=job.get("resume_dir"))
         results.append(r)
     return results
 
 
 def spawn_fit(cfg: Config | Sequence[Config], world: int, checkpoint_dir=None,
-              use_gpu: bool = False, threads: int = 1):
+              use_gpu: bool = False, threads: int = 1, layout: str = "data",
+              boundaries: Sequence[int] | None = None):
     """`fit` on `world` spawned workers. Several configs (with a list of
     checkpoint folders) run one after the other in the same process group, which
-    saves the start-up of fresh processes. Returns RunResult(s) with rank 0's net."""
+    saves the start-up of fresh processes. Returns RunResult(s) with rank 0's net;
+    with layout="layer" that is the whole net, gathered from every stage (so it
+    must fit one process). The layout is checked before any process starts."""
+    from .layer_parallel import check_layout
     many = not isinstance(cfg, Config)
     cfgs = list(cfg) if many else [cfg]
+    for c in cfgs:
+        check_layout(c, layout, world)
     dirs = checkpoint_dir if isinstance(checkpoint_dir, (list, tuple)) else [checkpoint_dir] * len(cfgs)
-    jobs = [{"config": c.to_flat(), "checkpoint_dir": d} for c, d in zip(cfgs, dirs)]
+    jobs = [{"config": c.to_flat(), "checkpoint_dir": d, "layout": layout,
+             "boundaries": boundaries} for c, d in zip(cfgs, dirs)]
     results = spawn(_fit_jobs, world, jobs, use_gpu=use_gpu, threads=threads)
     return results if many else results[0]

@@ -2,10 +2,12 @@
 
 Ray only places the workers, starts their process group (gloo on CPU, nccl on
 GPU), moves metrics and checkpoints; the training itself is
-`data_parallel.fit`, the same code the torch-only tests and benchmarks run.
+`data_parallel.fit` (layout="data", any method) or `layer_parallel.fit`
+(layout="layer", SAL only), the same code the torch-only tests and benchmarks run.
 
     result = fit_distributed(cfg, num_workers=4, use_gpu=True,
                              storage_path="/abs/runs", name="sal-w4096")
+    result = fit_distributed(cfg, num_workers=4, use_gpu=True, layout="layer")
 
 Inside a Tune function trainable the same call forwards rank 0's metrics to
 Tune (Train's `TuneReportCallback`) and, with a name that is stable per trial
@@ -26,6 +28,7 @@ import torch
 from ..config import Config
 from ..train import Callback, PrintProgress, RunResult
 from .data_parallel import Group, fit
+from .layer_parallel import check_layout
 
 
 @dataclass
@@ -45,32 +48,38 @@ def _train_loop_per_worker(config: dict) -> dict:
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     group = Group(ctx.get_world_rank(), ctx.get_world_size(), device)
     cfg = Config.from_flat(config["config"])
+    layout = config["layout"]
     with tempfile.TemporaryDirectory(prefix="sal-ray-ckpt-") as scratch:
         resume_dir = None
-        if group.is_main:  # only rank 0 reads; data_parallel.fit broadcasts the state
+        # data: only rank 0 reads, data_parallel.fit broadcasts the state;
+        # layer: every stage reads its own layers' shards
+        if group.is_main or layout == "layer":
             restored = ray.train.get_checkpoint()
             if restored is not None:
                 resume_dir = restored.to_directory(os.path.join(scratch, "restored"))
             else:
                 resume_dir = config["resume_from"]
-        out_dir = os.path.join(scratch, "out") if group.is_main else None
+        out_dir = os.path.join(scratch, "out") if group.is_main or layout == "layer" else None
 
         def report(metrics: dict, folder: str | None) -> None:
-            # every worker calls report once per epoch (it is a barrier); only
-            # rank 0 has a checkpoint, and Tune keeps rank 0's metrics
+            # every worker calls report once per epoch (it is a barrier); Tune
+            # keeps rank 0's metrics. Data layout: only rank 0 has a checkpoint;
+            # layer layout: every stage reports its shard and Ray merges the
+            # workers' folders into one checkpoint folder
             checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
             ray.train.report(metrics, checkpoint=checkpoint,
                              checkpoint_dir_name=f"epoch_{int(metrics['epoch']):05d}")
 
         result = fit(cfg, group, out_dir, callbacks=config["callbacks"], report=report,
-                     resume_dir=resume_dir)
+                     resume_dir=resume_dir, layout=layout, boundaries=config["boundaries"])
     return {"status": result.status, "message": result.message, "history": result.history,
             "config": result.config, "counts": result.counts}
 
 
 class _Announce(Callback):
-    def __init__(self, num_workers: int, use_gpu: bool):
-        self.text = f"[sal-ray] data parallel on {num_workers} {'GPU' if use_gpu else 'CPU'} workers"
+    def __init__(self, num_workers: int, use_gpu: bool, layout: str):
+        self.text = (f"[sal-ray] {layout} parallel on {num_workers} "
+                     f"{'GPU' if use_gpu else 'CPU'} workers")
 
     def on_start(self, run) -> None:
         print(self.text)
@@ -96,8 +105,16 @@ def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
                     storage_path: str | None = None, name: str | None = None,
                     callbacks: Sequence[Callback] = (), verbose: bool = True,
                     resume_from: str | None = None, keep_checkpoints: int = 2,
-                    cpus_per_worker: float = 1.0) -> DistributedRunResult:
-    """Train `cfg` data parallel on `num_workers` Ray Train workers.
+                    cpus_per_worker: float = 1.0, layout: str = "data",
+                    boundaries: Sequence[int] | None = None) -> DistributedRunResult:
+    """Train `cfg` on `num_workers` Ray Train workers.
+
+    layout: "data" (every worker holds the whole net, gradients all-reduced; any
+      method) or "layer" (worker r holds a contiguous block of layers; SAL only:
+      BP and MoE are refused with a ConfigError before Ray starts). `boundaries`:
+      for "layer", the W−1 layer indices where stages 1..W−1 start (default:
+      balanced by parameter count). The layer layout's Ray checkpoint holds one
+      shard per stage (`layer_parallel.gather_checkpoint` makes a core file).
 
     storage_path: where Ray keeps the run (made absolute here, before any Ray
       worker changes directory); default ~/ray_results.
@@ -105,25 +122,29 @@ def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
       from its latest checkpoint. Default: per Tune trial, else a fresh name.
     callbacks: core `Callback`s, run on rank 0 inside the worker (they must be
       picklable); `verbose` adds the console progress.
-    resume_from: a core checkpoint folder (e.g. a single-process run's) to start
-      from when the Train run has no checkpoint of its own yet.
+    resume_from: a checkpoint folder (a single-process run's, or for "layer" also
+      a layer-parallel one) to start from when the Train run has none of its own.
     Raises ray.train.TrainingFailedError when a worker fails.
     """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1; got {num_workers}")
+    check_layout(cfg, layout, num_workers)  # before Ray starts: a refusal costs nothing
+
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    if num_workers < 1:
-        raise ValueError(f"num_workers must be >= 1; got {num_workers}")
     storage_path = os.path.abspath(os.path.expanduser(storage_path or "~/ray_results"))
     if cfg.data.data_root:  # workers run in another directory
         cfg = cfg.replace(data_root=os.path.abspath(os.path.expanduser(cfg.data.data_root)))
     name = name or _default_name(cfg)
-    worker_cbs = [*([_Announce(num_workers, use_gpu), PrintProgress()] if verbose else []),
+    worker_cbs = [*([_Announce(num_workers, use_gpu, layout), PrintProgress()] if verbose else []),
                   *callbacks]
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={"config": cfg.to_flat(), "use_gpu": use_gpu, "callbacks": worker_cbs,
-                           "resume_from": os.path.abspath(resume_from) if resume_from else None},
+                           "resume_from": os.path.abspath(resume_from) if resume_from else None,
+                           "layout": layout,
+                           "boundaries": list(boundaries) if boundaries is not None else None},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu,
             resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
