@@ -65,3 +65,32 @@ def test_two_ray_workers_resume_a_single_process_checkpoint(ray_up, tmp_path):
     whole3 = fit(CFG.replace(epochs=3))
     for (k, a), b in zip(run3.net.state_dict().items(), whole3.net.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), k
+
+
+def test_two_ray_workers_layer_parallel(ray_up, tmp_path):
+    """layout="layer": both Train workers read their layers from a single-process
+    checkpoint, each holds one stage and reports its own shard; Ray merges the
+    workers' folders into one checkpoint, which gathers into a core checkpoint
+    equal to the single-process run."""
+    from sal_ray.distributed import fit_distributed, gather_checkpoint
+
+    cfg = CFG.replace(arch="residual", depth=4, routed="hidden")
+    first = str(tmp_path / "first_epoch")
+    fit(cfg.replace(epochs=1), checkpoint_dir=first)  # epoch 1 in this process
+    result = fit_distributed(cfg, num_workers=2, storage_path=str(tmp_path / "ray"),
+                             name="layer-test", layout="layer", resume_from=first,
+                             verbose=False)
+    assert result.status == "completed", result.message
+    assert result.config["layout"] == "layer_parallel" and result.config["num_workers"] == 2
+    assert [m["epoch"] for m in result.history] == [1, 2]
+    assert "num_workers" not in result.history[0] and result.history[1]["num_workers"] == 2
+    names = set(os.listdir(result.checkpoint_path))
+    assert {"stages.json", "stage-0-of-2.e00002.pt", "stage-1-of-2.e00002.pt"} <= names
+    run = build(cfg)
+    assert load_checkpoint(run, os.path.dirname(
+        gather_checkpoint(result.checkpoint_path, str(tmp_path / "core"))))[0] == 2
+    whole = fit(cfg)
+    for (k, a), b in zip(run.net.state_dict().items(), whole.net.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), k
+    assert result.ray_result.metrics["val_loss"] == pytest.approx(
+        whole.history[-1]["val_loss"], rel=1e-12)
