@@ -28,10 +28,15 @@ BASE = Config().replace(method="sal", width=16, n_areas=4, epochs=2, dtype="floa
 JOBS = {
     # residual, depth 5: linear in and out, tanh + skip between; balanced cut
     "residual": (BASE.replace(arch="residual", depth=5, routed="hidden"), None),
-    # mlp with every layer routed (the output layer too), cut given by hand
-    "mlp_all": (BASE.replace(arch="mlp", depth=3, routed="all"), [2]),
+    # mlp with every layer routed (the output layer too), cut given by hand; the
+    # per-area gradient scale is layer-local too
+    "mlp_all": (BASE.replace(arch="mlp", depth=3, routed="all", area_grad_scale="area"), [2]),
 }
-RESUMED = BASE.replace(arch="residual", depth=4, routed="hidden")
+# its own selector rate: a checkpoint must carry both optimizer groups' settings
+RESUMED = BASE.replace(arch="residual", depth=4, routed="hidden", lr_sel=0.1)
+# written with stage 1 = the unrouted output layer alone, so that stage has no
+# selector group and the gathered optimizer state must still be the whole net's
+RESUMED_CUT = [3]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,7 @@ def lp_runs(tmp_path_factory):
     jobs = [{"config": cfg.to_flat(), "layout": "layer", "boundaries": cut}
             for cfg, cut in JOBS.values()]
     jobs += [{"config": RESUMED.replace(epochs=1).to_flat(), "layout": "layer",
-              "checkpoint_dir": two_to_one},
+              "checkpoint_dir": two_to_one, "boundaries": RESUMED_CUT},
              {"config": RESUMED.to_flat(), "layout": "layer", "checkpoint_dir": one_to_two}]
     results = spawn(_fit_jobs, 2, jobs)
     return dict(zip([*JOBS, "two_to_one", "one_to_two"], results)), two_to_one, one_to_two
@@ -102,9 +107,11 @@ def test_stage_shards_and_manifest(lp_runs):
     assert names == [CHECKPOINT_NAME, "stage-0-of-2.e00002.pt", "stage-1-of-2.e00002.pt",
                      "stages.json"]
     # each shard holds only its stage's layers, under the full net's key names
-    shard = torch.load(os.path.join(two_to_one, "stage-1-of-2.e00001.pt"), weights_only=False)
-    lo, hi = shard["bounds"][1], shard["bounds"][2]
-    assert {int(k.split(".")[1]) for k in shard["net"]} == set(range(lo, hi))
+    for rank, layers in ((0, {0, 1, 2}), (1, {3})):
+        shard = torch.load(os.path.join(two_to_one, f"stage-{rank}-of-2.e00001.pt"),
+                           weights_only=False)
+        assert {int(k.split(".")[1]) for k in shard["net"]} == layers
+        assert len(shard["optimizer"]["param_groups"]) == (2 if rank == 0 else 1)
 
 
 def test_checkpoint_from_two_stages_resumes_in_one_process(lp_runs, tmp_path):
