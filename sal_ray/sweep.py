@@ -317,6 +317,13 @@ def _scheduler(scheduler) -> Any:
         if unknown:
             raise ConfigError("scheduler", f"unknown ASHA setting(s) {sorted(unknown)}; "
                               "known: grace_period, reduction_factor, brackets")
+        for key in ("grace_period", "brackets"):
+            v = scheduler.get(key, 1)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError("scheduler", f"ASHA {key} must be a positive integer; got {v!r}")
+        v = scheduler.get("reduction_factor", 2)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 1:
+            raise ConfigError("scheduler", f"ASHA reduction_factor must be a number > 1; got {v!r}")
         return {"name": "asha", **scheduler}
     if isinstance(scheduler, str):
         raise ConfigError("scheduler", f"unknown scheduler {scheduler!r}; use 'asha' or None")
@@ -413,6 +420,15 @@ def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
         _names([method], METHODS, "methods")
         if not isinstance(extra, dict):
             raise ConfigError("method_spaces", f"{method}: must be a dict of option -> values")
+        for opt in sorted(set(extra) & set(NOT_FOR[method])):  # asked for by name
+            spec = _spec(opt, extra[opt])
+            if spec is not None and not (isinstance(spec, Choice) and len(spec.values) == 1):
+                raise ConfigError(opt, f"cannot be searched for {method} (method_spaces): " + (
+                    "bp has one area and no router" if opt == "n_areas" else
+                    f"no effect on {method}"))
+    # where and how a run executes, not what it learns: fixed, never searched
+    unsearchable = {"data_root": "where the data is", "download": "whether to fetch data",
+                    "device": "set by resources= (a GPU share sets cuda)"}
     # every name, searched or fixed, must be a trainer option the sweep does not own
     entries: dict[str, dict[str, Spec]] = {}
     base_fixed: dict[str, dict[str, Any]] = {}
@@ -428,6 +444,9 @@ def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
             if spec is None or (isinstance(spec, Choice) and len(spec.values) == 1):
                 pinned[opt] = spec.values[0] if spec is not None else coerce(opt, value)
             else:
+                if opt in unsearchable:
+                    raise ConfigError(opt, f"cannot be searched ({unsearchable[opt]}): give "
+                                      "one value in fixed=")
                 searched[opt] = spec
             if opt in fixed:
                 raise ConfigError(opt, "both fixed and searched; keep one")
@@ -1521,7 +1540,8 @@ def _reach(uri: str, experiment_id: str, wait_s: float, say) -> bool:
     deadline, delay, told = time.monotonic() + wait_s, 1.0, False
     while True:
         try:
-            tracking.client(uri).get_experiment(experiment_id)
+            with tracking.quick_http(uri):
+                tracking.client(uri).get_experiment(experiment_id)
             if told:
                 say("MLflow store is back.")
             return True
@@ -1529,7 +1549,7 @@ def _reach(uri: str, experiment_id: str, wait_s: float, say) -> bool:
             if time.monotonic() + delay > deadline:
                 return False
             if not told:
-                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
                 say(f"MLflow store {tracking.redact(uri)} is not answering ({tracking.redact(reason)});"
                     f" waiting up to {wait_s:.0f} s for it")
                 told = True

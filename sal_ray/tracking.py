@@ -124,22 +124,9 @@ def check_store(uri: str, experiment: str) -> str:
         raise ConfigError("experiment", f"must be a non-empty name; got {experiment!r}")
     if is_sqlite(uri):
         check_sqlite_folder(uri)
-    # only for a server: the environment is the process's, and Ray may be starting
-    # workers from it concurrently (see sweep._store_and_ray)
-    quick = {} if is_sqlite(uri) else {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    saved = {k: os.environ.get(k) for k in quick}
-    os.environ.update(quick)
     try:
-        c = client(uri)
-        found = with_retry(c.get_experiment_by_name, experiment)
-        if found is not None:
-            if found.lifecycle_stage == "deleted":
-                raise ConfigError("experiment", f"experiment '{experiment}' is deleted in "
-                                  f"{redact(uri)}; restore it or pick another name")
-            return found.experiment_id
-        return with_retry(c.create_experiment, experiment,
-                          artifact_location=_sqlite_artifact_root(uri, experiment))
+        with quick_http(uri):
+            return _get_experiment(uri, experiment)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot use this store"
@@ -147,19 +134,50 @@ def check_store(uri: str, experiment: str) -> str:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError("tracking_uri", f"cannot reach the MLflow store {redact(uri)}: "
                           f"{redact(reason)[:300]}") from None
-    finally:
-        for k, v in saved.items():
+
+
+class quick_http:
+    """Within: an HTTP store is asked once, without MLflow's retries (which back off
+    for minutes on a wrong or dead address). Only for a server: the environment is
+    the process's, and Ray may be starting workers from it concurrently (see
+    sweep._store_and_ray)."""
+
+    def __init__(self, uri: str):
+        self.quick = {} if is_sqlite(uri) else {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                                                "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.quick}
+        os.environ.update(self.quick)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
 
 
+def _get_experiment(uri: str, experiment: str) -> str:
+    c = client(uri)
+    found = with_retry(c.get_experiment_by_name, experiment)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            raise ConfigError("experiment", f"experiment '{experiment}' is deleted in "
+                              f"{redact(uri)}; restore it or pick another name")
+        return found.experiment_id
+    return with_retry(c.create_experiment, experiment,
+                      artifact_location=_sqlite_artifact_root(uri, experiment))
+
+
 # A training process talks to an HTTP store with few retries and a short timeout:
 # a write the store does not take waits in the run's outbox, so MLflow's own
 # retries (minutes of back-off by default) would only stall training.
+# (MLflow also prints a "View run ... at: URL" line each time a run on a server
+# ends: one per seed of every trial; the sweep prints the UI address once instead.)
 FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def fail_fast_http() -> None:

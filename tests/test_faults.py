@@ -105,3 +105,183 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_same_result(
     last = rt.ExperimentAnalysis(str(tmp_path / "ray" / "kill")).trials[0].last_result
     assert 0 < last["iterations_since_restore"] < epochs
     assert last["pid"] != killer.pid
+
+
+# ---- the driver interrupted, then resumed ------------------------------------------
+
+SWEEP = dict(datasets="digits", methods=["sal", "bp"], space={"lr": [0.01, 0.02, 0.04]},
+             sampler="grid", fixed={"width": 64, "batch_size": 8, "n_areas": 4, "epochs": 8},
+             experiment="faults-resume", max_concurrent=1)
+DRIVER = """
+import json, sys
+import sal_ray
+kw = json.loads(sys.argv[1])
+sal_ray.tune(**kw)
+"""
+
+
+def wait_for(predicate, timeout: float, what: str, proc=None):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited first ({proc.returncode})")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.5)
+
+
+def finished(client, experiment, sweep):
+    try:
+        return [r for r in child_runs(client, experiment, sweep) if r.info.status == "FINISHED"]
+    except Exception:  # noqa: BLE001 - the store may not exist yet
+        return []
+
+
+def test_an_interrupted_sweep_resumes_without_rerunning_or_losing_anything(
+        ray_local, tmp_path, mlflow_uri):
+    kw = {**SWEEP, "tracking_uri": mlflow_uri, "storage_path": str(tmp_path / "ray"),
+          "name": "resume", "verbose": 0}
+    client = mlflow.MlflowClient(mlflow_uri)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(kw)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: len(finished(client, "faults-resume", "resume")) >= 2, 240,
+                 "two trials finished", driver)
+        driver.send_signal(signal.SIGINT)  # Ctrl-C
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    before = {r.info.run_id: r for r in finished(client, "faults-resume", "resume")}
+    assert 2 <= len(before) < 6, out[-3000:]
+    parent = client.search_runs([client.get_experiment_by_name("faults-resume").experiment_id],
+                                "tags.kind = 'sweep'")
+    assert len(parent) == 1 and parent[0].data.tags["status"] == "interrupted", out[-3000:]
+
+    # a new sweep under the same name is refused; a resumed one finishes the rest
+    with pytest.raises(sal_ray.ConfigError, match="name"):
+        sal_ray.tune(**kw)
+    res = sal_ray.tune(**kw, resume=True)
+
+    runs = child_runs(client, "faults-resume", "resume")
+    assert len(runs) == 6 == len(res.trials)                     # every trial once
+    assert sorted(r.data.tags["trial"] for r in runs) == sorted(res.trials.trial_id)
+    assert set(res.trials.status) == {"completed"}
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["status"] == "completed"
+        assert_complete_history(client, r, 8)
+        if r.info.run_id in before:  # finished before Ctrl-C: not run again
+            assert r.info.end_time == before[r.info.run_id].info.end_time
+            assert r.info.start_time == before[r.info.run_id].info.start_time
+    parents = client.search_runs([client.get_experiment_by_name("faults-resume").experiment_id],
+                                 "tags.kind = 'sweep'")
+    assert [p.info.run_id for p in parents] == [parent[0].info.run_id]  # reused
+    assert parents[0].data.tags["status"] == "completed"
+    assert parents[0].info.status == "FINISHED"
+    # every configuration of the grid once: the restored searcher did not repeat any
+    assert sorted(zip(res.trials.method, res.trials.lr)) == \
+        sorted((m, lr) for m in ("sal", "bp") for lr in (0.01, 0.02, 0.04))
+
+
+# ---- the tracking server goes away mid-sweep and comes back ------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real `mlflow server` on 127.0.0.1 over a SQLite store, stoppable and
+    restartable on the same port (the outage)."""
+
+    def __init__(self, folder: Path):
+        from sal_ray.report_cli import mlflow_server_command
+        self.port, self.folder = free_port(), folder
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = mlflow_server_command(f"sqlite:///{folder / 'mlflow.db'}", "127.0.0.1",
+                                         self.port) + ["--artifacts-destination",
+                                                       str(folder / "artifacts")]
+        self.proc = None
+
+    def start(self, timeout: float = 150):
+        log = open(self.folder / "server.log", "a")
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=self.folder, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((self.folder / "server.log").read_text()[-3000:])
+                time.sleep(0.3)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its workers
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+class Outage(rt.Callback):
+    """Stops the server at the first epoch-2 result; starts it again, in the
+    background, `down_s` seconds later."""
+
+    def __init__(self, server: Server, down_s: float):
+        self.server, self.down_s = server, down_s
+        self.stopped_at = self.back_at = None
+        self.thread, self.results_while_down = None, 0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.stopped_at is not None and self.back_at is None:
+            self.results_while_down += 1
+        if self.stopped_at is None and result.get("epoch") == 2:
+            self.server.stop()
+            self.stopped_at = time.monotonic()
+            self.thread = threading.Thread(target=self._back, daemon=True)
+            self.thread.start()
+
+    def _back(self):
+        time.sleep(self.down_s)
+        self.server.start()
+        self.back_at = time.monotonic()
+
+    def __reduce__(self):  # Tune pickles its callbacks; this one stays in this process
+        return (object, ())
+
+
+def test_a_tracking_outage_mid_sweep_loses_no_metric(ray_local, tmp_path):
+    server = Server(tmp_path)
+    server.start()
+    outage = Outage(server, down_s=6.0)
+    epochs = 12
+    try:
+        res = sal_ray.tune("digits", ["sal", "bp"], space={"lr": [0.02]}, sampler="grid",
+                           fixed={"width": 64, "batch_size": 8, "n_areas": 4, "epochs": epochs},
+                           tracking_uri=server.url, storage_path=tmp_path / "ray",
+                           name="outage", experiment="faults-outage", flush_every_s=0.0,
+                           callbacks=[outage], verbose=0, finish_wait_s=120)
+        if outage.thread is not None:
+            outage.thread.join(timeout=160)
+        assert outage.stopped_at is not None and outage.back_at is not None
+        assert outage.results_while_down >= 3  # training went on without the store
+        assert set(res.trials.status) == {"completed"} and not res.undelivered
+        client = mlflow.MlflowClient(server.url)
+        runs = child_runs(client, "faults-outage", "outage")
+        assert len(runs) == 2
+        for r in runs:
+            assert r.info.status == "FINISHED" and r.data.tags["status"] == "completed"
+            assert_complete_history(client, r, epochs)
+            assert r.data.metrics["final_val_acc"] == pytest.approx(
+                res.trials.set_index("method").loc[r.data.tags["method"], "final_val_acc_mean"])
+        logged = [r for r in runs if r.data.tags.get("model_logged") == "true"]
+        assert len(logged) == 2  # the best weights of each method reached the store too
+        for r in logged:
+            assert [a.path for a in client.list_artifacts(r.info.run_id, "model")]
+    finally:
+        server.stop()

@@ -1,0 +1,136 @@
+"""The outbox on its own, in-process, on a real SQLite store: a store that stops
+answering mid-run loses nothing and doubles nothing; a restarted process takes
+up the run an earlier one made."""
+
+from __future__ import annotations
+
+import pytest
+
+from sal_ray import Config, fit
+from sal_ray import tracking
+from sal_ray.outbox import Outbox
+
+mlflow = pytest.importorskip("mlflow")
+
+CFG = Config().replace(epochs=4, width=32, n_areas=4, batch_size=64, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri = tracking.resolve_uri(f"sqlite:///{tmp_path_factory.mktemp('outbox') / 'mlflow.db'}")
+    return uri, tracking.check_store(uri, "outbox-test"), mlflow.MlflowClient(uri)
+
+
+class Down:
+    """Makes tracking's writes fail while `down` (as an unreachable server does);
+    `partial`: the failing metrics write first stores half of its points."""
+
+    def __init__(self, monkeypatch, partial: bool = False):
+        self.down, self.partial, self.calls = False, partial, 0
+        real_metrics, real_params = tracking.log_metrics, tracking.log_params
+
+        def log_metrics(run_id, metrics, uri):
+            self.calls += 1
+            if self.down:
+                if self.partial:
+                    real_metrics(run_id, metrics[:len(metrics) // 2], uri)
+                raise ConnectionError("store unreachable (test)")
+            real_metrics(run_id, metrics, uri)
+
+        def log_params(run_id, params, uri):
+            if self.down:
+                raise ConnectionError("store unreachable (test)")
+            real_params(run_id, params, uri)
+        monkeypatch.setattr(tracking, "log_metrics", log_metrics)
+        monkeypatch.setattr(tracking, "log_params", log_params)
+
+
+class Outage(tracking.Callback):
+    """The store is down for the writes of epochs `at` to `back` - 1."""
+
+    def __init__(self, down: Down, at: int, back: int):
+        self.d, self.at, self.back = down, at, back
+
+    def on_epoch(self, m):
+        e = int(m["epoch"])
+        self.d.down = self.at <= e < self.back
+
+
+def steps(client, run_id, key):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_an_outage_mid_run_loses_and_doubles_nothing(store, monkeypatch, partial):
+    uri, exp, client = store
+    down = Down(monkeypatch, partial)
+    sink = tracking.MLflowRun(uri, exp, flush_every_s=0.0)
+    # the outage callback runs first: epochs 1 and 2 are written while the store is down
+    result = fit(CFG, [Outage(down, at=1, back=3), sink])
+    assert result.status == "completed" and sink.outbox.pending == 0
+    run = client.get_run(sink.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+    for key in ("val_loss", "val_acc", "train_loss", "areas_used.l0", "area_share.l0.a0"):
+        assert steps(client, sink.run_id, key) == [1, 2, 3, 4], key
+    assert steps(client, sink.run_id, "final_val_acc") == [4]
+    vals = sorted(client.get_metric_history(sink.run_id, "val_loss"), key=lambda m: m.step)
+    assert [m.value for m in vals] == pytest.approx([h["val_loss"] for h in result.history])
+
+
+def test_writes_wait_while_the_store_is_down_and_training_goes_on(store, monkeypatch):
+    uri, exp, client = store
+    down = Down(monkeypatch)
+    sink = tracking.MLflowRun(uri, exp, flush_every_s=0.0)
+    result = fit(CFG, [Outage(down, at=2, back=99), sink])  # never back during the run
+    assert result.status == "completed" and len(result.history) == 4
+    assert sink.outbox.pending > 0 and "unreachable" in sink.outbox.error
+    assert steps(client, sink.run_id, "val_loss") == [1]  # only what went before
+    down.down = False
+    assert sink.outbox.deliver(force=True)
+    assert steps(client, sink.run_id, "val_loss") == [1, 2, 3, 4]
+    assert client.get_run(sink.run_id).data.tags["status"] == "completed"
+
+
+def test_a_restarted_process_takes_up_its_run(store, tmp_path):
+    """A first process creates the run and sends epochs 1-2, saves its outbox at a
+    checkpoint after epoch 1 and dies; the second, from that outbox, re-sends what
+    was pending and finishes the run: one run, every point once."""
+    uri, exp, client = store
+    box = Outbox(uri, exp, tmp_path / "outbox")
+    first = tracking.MLflowRun(uri, exp, key="outbox-test/trial_1/s0", outbox=box,
+                               flush_every_s=3600)
+    cfg = CFG.replace(epochs=2)
+    ckpt = tmp_path / "trainer"
+
+    class SaveAt1(tracking.Callback):
+        def on_epoch(self, m):
+            if m["epoch"] == 1:
+                box.save()  # the checkpoint: epoch 1's metrics are still pending
+    fit(cfg, [first, SaveAt1()], checkpoint_dir=str(ckpt), checkpoint_every=1)
+    assert box.pending == 0  # the first process got everything through before "dying"
+
+    restored = Outbox.load(uri, tmp_path / "outbox")
+    assert restored.pending > 0 and restored.uncertain
+    again = tracking.MLflowRun(uri, exp, key="outbox-test/trial_1/s0", outbox=restored,
+                               flush_every_s=0.0)
+    # the epoch-1 checkpoint of the trainer is gone: resume from scratch with 4 epochs
+    fit(CFG, [again])
+    runs = client.search_runs([exp], "tags.run_key = 'outbox-test/trial_1/s0'")
+    assert len(runs) == 1 and runs[0].info.run_id == first.run_id == again.run_id
+    assert steps(client, again.run_id, "val_loss") == [1, 2, 3, 4]
+    assert runs[0].info.status == "FINISHED"
+
+
+def test_a_write_the_store_refuses_for_good_is_dropped_and_reported(store, monkeypatch):
+    uri, exp, client = store
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    sink = tracking.MLflowRun(uri, exp, flush_every_s=0.0)
+    fit(CFG.replace(epochs=1), [sink])
+
+    def refuse(*a, **k):
+        raise MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE)
+    monkeypatch.setattr(tracking, "log_tags", refuse)
+    sink.outbox.tags(sink.key, {"x": "y"})
+    assert sink.outbox.deliver(force=True)
+    assert sink.outbox.pending == 0 and "bad value" in sink.outbox.dropped[-1]
