@@ -116,6 +116,9 @@ class Config:
     def from_flat(cls, flat: dict[str, Any], base: Config | None = None) -> Config:
         """Options by bare name over `base` (defaults if None). Strings are
         coerced to the option's type, so CLI and MLflow values round-trip."""
+        if base is not None and not isinstance(base, Config):
+            raise ConfigError("config", f"must be a sal_ray.Config (or None); got "
+                              f"{type(base).__name__} {base!r}"[:200])
         cfg = dataclasses.replace(base) if base else cls()
         cfg = cls(**{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
         for name, value in flat.items():
@@ -160,13 +163,17 @@ def optional(name: str) -> bool:
     return "None" in str(OPTION_FIELDS[name].type)
 
 
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 def coerce(name: str, value: Any) -> Any:
     """Convert `value` to option `name`'s type, with a clear error."""
     kind = option_type(name)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
         if optional(name):
             return None
-        raise ConfigError(name, f"must be a {kind}, got {value!r}")
+        raise ConfigError(name, f"must be {_a(kind)}, got {value!r}")
     try:
         if kind == "bool":
             if isinstance(value, bool):
@@ -191,8 +198,8 @@ def coerce(name: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError
         return value
-    except (TypeError, ValueError):
-        raise ConfigError(name, f"must be a {kind}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(name, f"must be {_a(kind)}, got {value!r}") from None
 
 
 # ---- validation --------------------------------------------------------------
@@ -222,7 +229,7 @@ def validate(cfg: Config, n_classes: int | None = None) -> Config:
             if type(coerced) is not type(value) and not (
                     option_type(name) == "float" and isinstance(value, int)
                     and not isinstance(value, bool)):
-                raise ConfigError(name, f"must be a {option_type(name)}, got {value!r}")
+                raise ConfigError(name, f"must be {_a(option_type(name))}, got {value!r}")
     _one_of("method", m.method, METHODS)
     _one_of("dataset", d.dataset, DATASETS)
     _one_of("arch", m.arch, ARCHS)
@@ -250,6 +257,12 @@ def validate(cfg: Config, n_classes: int | None = None) -> Config:
         if n_classes is not None and m.d_f < n_classes:
             raise ConfigError("d_f", f"the selector treats z as class logits, so d_f must be >= "
                               f"the {n_classes} classes; got {m.d_f}")
+    if (n_classes is not None and m.d_f is None and m.n_areas > 1 and m.method != "bp"
+            and m.width < n_classes):
+        # routed hidden-width layers use d_out = width as router features (d_f unset)
+        raise ConfigError("width", f"with n_areas > 1 and d_f unset, a routed layer's router "
+                          f"reads its {m.width} outputs as class logits, so width must be >= "
+                          f"the {n_classes} classes; got {m.width} (or set d_f >= {n_classes})")
     if m.moe_balance < 0 or not math.isfinite(m.moe_balance):
         raise ConfigError("moe_balance", f"must be a finite number >= 0; got {m.moe_balance}")
     if not math.isfinite(s.lambda_local) or s.lambda_local < 0:
