@@ -1,18 +1,27 @@
-"""`sal-ray`: the command line. Nothing imports this module.
+"""`sal-ray`: the command line; also how the study scripts in sweeps/ refuse bad input.
 
     sal-ray train --method sal --dataset digits --n-areas 16 --epochs 25
     sal-ray params --arch residual --depth 64 --width 4096 --n-areas 4 --routed hidden
     sal-ray data list | data prepare NAME...
     sal-ray report ... | ui ...
+
+Bad input never shows a stack trace: every command checks its input before any
+work and exits with status 2 and one line, `PROG: error: option 'NAME': ...`.
+The package imports nothing from here; sweeps/*.py use `study_args` and `run_main`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
-from .config import DEFAULTS, HELP, Config, ConfigError, option_type, optional
+from .config import DEFAULTS, HELP, Config, ConfigError, option_type, optional, validate
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -55,9 +64,30 @@ def summary_table(result) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
+def check_folder(option: str, path: str) -> None:
+    """Raise ConfigError unless `path` is, or can be created as, a writable folder.
+    Tried with a temporary folder that is removed at once: nothing is left behind."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(option, f"{path} exists and is not a folder")
+    probe_in = p if p.is_dir() else p.absolute().parent
+    while not probe_in.exists():
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise ConfigError(option, f"cannot create {path}: {probe_in} is not a folder")
+    try:
+        shutil.rmtree(tempfile.mkdtemp(prefix=".sal-ray-probe-", dir=probe_in))
+    except OSError as e:
+        raise ConfigError(option, f"cannot write {path}: {e.strerror or e} in {probe_in}") \
+            from None
+
+
 def cmd_train(args) -> int:
     from .train import train
-    result = train(config_from_args(args), verbose=True, checkpoint_dir=args.checkpoint_dir)
+    cfg = validate(config_from_args(args))  # options first, then the folder, then work
+    if args.checkpoint_dir is not None:
+        check_folder("checkpoint_dir", args.checkpoint_dir)
+    result = train(cfg, verbose=True, checkpoint_dir=args.checkpoint_dir)
     print("\n" + summary_table(result))
     return 0 if result.status == "completed" else 3
 
@@ -68,6 +98,7 @@ def cmd_params(args) -> int:
     from .models import Architecture, param_counts
     cfg = validate(config_from_args(args))
     info = DATASETS_INFO[cfg.data.dataset]
+    validate(cfg, info.n_classes)  # the router checks that need the class count
     arch = Architecture.from_config(cfg, info.input_dim, info.n_classes)
     counts = param_counts(arch, cfg.model.method)
     for k, v in counts.as_dict().items():
@@ -92,6 +123,45 @@ def build_parser() -> argparse.ArgumentParser:
         # their own heavy imports (mlflow, matplotlib) wait until a command runs
         importlib.import_module(module).register(sub)
     return parser
+
+
+# ---- the study scripts (sweeps/*.py) --------------------------------------------------
+
+def study_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """Parse a study script's options (`sweep.script_parser`) and refuse, naming the
+    flag, values the sweep would otherwise replace by a default or misread."""
+    args = parser.parse_args(argv)
+    cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
+    if cpus is not None and not (math.isfinite(cpus) and cpus > 0):
+        raise ConfigError("cpus_per_trial", f"must be a number > 0; got {cpus}")
+    if gpus is not None and not (math.isfinite(gpus) and gpus >= 0):
+        raise ConfigError("gpus_per_trial", f"must be a number >= 0; got {gpus}")
+    if gpus is not None and gpus > 1 and not gpus.is_integer():
+        raise ConfigError("gpus_per_trial", f"above 1 must be whole; got {gpus}")
+    if args.experiment is not None and not args.experiment.strip():
+        raise ConfigError("experiment", f"must be a non-empty name; got {args.experiment!r}")
+    if args.name is not None and (not args.name.strip() or "'" in args.name):
+        raise ConfigError("name", f"must be a non-empty name without quotes; got {args.name!r}")
+    if args.verbose not in (0, 1, 2):
+        raise ConfigError("verbose", f"must be 0, 1 or 2; got {args.verbose}")
+    return args
+
+
+def run_main(main, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run a study script's `main(argv)` as a command: bad input (ConfigError, or
+    data that is not on disk) prints one line and returns 2, with no traceback,
+    before anything starts; Ctrl-C returns 130. Anything else is a bug: it raises."""
+    from .data import DataError
+    prog = prog or os.path.basename(sys.argv[0] or "sal-ray")
+    try:
+        main(argv)
+    except (ConfigError, DataError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,9 @@ Prints the comparison table and Table 2's layout (mean ± std of the final
 validation accuracy over seeds), then how to open the MLflow UI.
 """
 
+import sys
+
+from sal_ray.cli import run_main, study_args
 from sal_ray.config import DATASETS
 from sal_ray.sweep import run_script, script_parser
 
@@ -21,11 +24,11 @@ PROTOCOL = dict(arch="mlp", depth=2, width=256, routed="first", lr=1e-4, batch_s
 
 
 def main(argv=None):
-    args = script_parser(__doc__, datasets=DATASETS, seeds=5).parse_args(argv)
+    args = study_args(script_parser(__doc__, datasets=DATASETS, seeds=5), argv)
     return run_script(args, study="convergence", methods=["sal", "bp"],
                       space={"n_areas": [1, 2, 4, 8, 16]}, fixed=PROTOCOL, sampler="grid",
                       quick={"seeds": 2}, by=("method", "n_areas"))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

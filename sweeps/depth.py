@@ -14,6 +14,9 @@ Prints the comparison table and accuracy per (method, depth), then how to open
 the MLflow UI.
 """
 
+import sys
+
+from sal_ray.cli import run_main, study_args
 from sal_ray.sweep import run_script, script_parser
 
 PROTOCOL = dict(arch="residual", routed="hidden", n_areas=4, width=256, lr=1e-4,
@@ -21,8 +24,8 @@ PROTOCOL = dict(arch="residual", routed="hidden", n_areas=4, width=256, lr=1e-4,
 
 
 def main(argv=None):
-    args = script_parser(__doc__, datasets=["cifar10", "fer2013", "semeion", "stl10"],
-                         seeds=5).parse_args(argv)
+    parser = script_parser(__doc__, datasets=["cifar10", "fer2013", "semeion", "stl10"], seeds=5)
+    args = study_args(parser, argv)
     return run_script(args, study="depth", methods=["sal", "bp"],
                       space={"depth": [4, 16, 64, 128]}, fixed=PROTOCOL, sampler="grid",
                       quick={"seeds": 1, "fixed": {"width": 64, "epochs": 3},
@@ -31,4 +34,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

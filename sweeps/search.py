@@ -16,6 +16,9 @@ of its final validation accuracy and losses, then how to open the MLflow UI
 (compare the best runs there: docs/sweeps.md).
 """
 
+import sys
+
+from sal_ray.cli import run_main, study_args
 from sal_ray.config import DATASETS
 from sal_ray.sweep import loguniform, run_script, script_parser
 
@@ -26,7 +29,7 @@ QUICK_SPACE = {"lr": loguniform(1e-4, 0.3), "n_areas": [1, 4, 16], "depth": [2, 
 
 
 def main(argv=None):
-    args = script_parser(__doc__, datasets=DATASETS, seeds=2).parse_args(argv)
+    args = study_args(script_parser(__doc__, datasets=DATASETS, seeds=2), argv)
     return run_script(args, study="search", methods=["sal", "bp", "moe"], space=SPACE,
                       fixed={"epochs": 25}, sampler="tpe", trials=40,
                       scheduler={"grace_period": 12, "reduction_factor": 3},
@@ -37,4 +40,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

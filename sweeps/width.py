@@ -11,6 +11,9 @@ Prints the comparison table and accuracy per (method, width), then how to open
 the MLflow UI.
 """
 
+import sys
+
+from sal_ray.cli import run_main, study_args
 from sal_ray.sweep import run_script, script_parser
 
 PROTOCOL = dict(arch="residual", routed="hidden", n_areas=4, depth=64, lr=1e-4,
@@ -18,8 +21,8 @@ PROTOCOL = dict(arch="residual", routed="hidden", n_areas=4, depth=64, lr=1e-4,
 
 
 def main(argv=None):
-    args = script_parser(__doc__, datasets=["cifar10", "fer2013", "semeion", "stl10"],
-                         seeds=5).parse_args(argv)
+    parser = script_parser(__doc__, datasets=["cifar10", "fer2013", "semeion", "stl10"], seeds=5)
+    args = study_args(parser, argv)
     return run_script(args, study="width", methods=["sal", "bp"],
                       space={"width": [1024, 2048, 4096]}, fixed=PROTOCOL, sampler="grid",
                       quick={"seeds": 1, "fixed": {"depth": 4, "epochs": 3},
@@ -28,4 +31,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))
