@@ -16,14 +16,13 @@ import datetime as _dt
 import json
 import logging
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from . import figures, page, tables
-from .store import RunSet, load_runs
+from .store import RunSet, check_uri, load_runs, redact, resolve_uri
 
 log = logging.getLogger("dashboards")
 REPORT_NAME = "report.html"
@@ -41,17 +40,14 @@ class ReportResult:
     empty: bool = False
 
 
-def redact(uri: str) -> str:
-    """Hide a password in a database URI before printing it on a shareable page."""
-    return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", uri)
-
-
 def generate(experiments: list[str], out_dir, tracking_uri: str | None = None,
              sweep: str | None = None, *, log_to_parent: bool = True,
              title: str | None = None) -> ReportResult:
     """Everything `build_report` does, returning the notes and paths too."""
     if isinstance(experiments, str):
         experiments = [experiments]
+    tracking_uri = resolve_uri(tracking_uri)
+    check_uri(tracking_uri)  # before anything is written: never a report of a typo
     out = Path(out_dir).resolve()
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

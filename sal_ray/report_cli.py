@@ -12,6 +12,8 @@ stays free of them.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import os
 import subprocess
 import sys
@@ -91,24 +93,47 @@ def register(subparsers) -> None:
 
 # ---- report -------------------------------------------------------------------------
 
-def import_dashboards():
+def import_dashboards(module: str = "report"):
     """`dashboards` is a top-level package beside `sal_ray`: installed with it by
     pyproject, or found in a source checkout next to this package."""
+    name = f"dashboards.{module}"
     try:
-        import dashboards.report as report
-        return report
+        return importlib.import_module(name)
     except ImportError:
         root = Path(__file__).resolve().parents[1]
         if not (root / "dashboards" / "__init__.py").exists():
             raise
         sys.path.insert(0, str(root))
-        import dashboards.report as report
-        return report
+        return importlib.import_module(name)
 
 
+def _refuses_bad_input(prog: str):
+    """Bad input (ConfigError, or the dashboards' StoreError: both ValueErrors naming
+    the option) ends the command with one line on stderr and status 2."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(args) -> int:
+            try:
+                return fn(args)
+            except ValueError as err:
+                print(f"{prog}: error: {redact(str(err))}", file=sys.stderr)
+                return 2
+        return run
+    return wrap
+
+
+def redact(text: str) -> str:
+    """Passwords in URIs hidden (`user:***@host`), as the dashboards show them."""
+    return import_dashboards("store").redact(text)
+
+
+@_refuses_bad_input("sal-ray report")
 def cmd_report(args) -> int:
-    report = import_dashboards()
+    from .cli import check_folder
     uri = args.tracking_uri or default_tracking_uri()
+    import_dashboards("store").check_uri(uri)  # before anything is read or written
+    check_folder("out", args.out)
+    report = import_dashboards()
     result = report.generate(args.experiment, args.out, uri, args.sweep,
                              log_to_parent=args.log_to_parent)
     for note in result.notes:
@@ -124,15 +149,32 @@ def cmd_report(args) -> int:
 
 # ---- ui -----------------------------------------------------------------------------
 
+def has_password(uri: str) -> bool:
+    return redact(uri) != uri
+
+
 def mlflow_server_command(backend_uri: str, host: str = "127.0.0.1", port: int = 5000,
                           allowed_hosts: str | None = None, workers: int = 1) -> list[str]:
     """The `mlflow server` command line serving `backend_uri`. Runs the mlflow of
-    this interpreter, so a venv's mlflow is used even when it is not on PATH."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-           "--host", host, "--port", str(port), "--workers", str(workers)]
+    this interpreter, so a venv's mlflow is used even when it is not on PATH. A URI
+    holding a password is left out (any user can read a command line): pass
+    `server_env(backend_uri)` as the server's environment instead."""
+    cmd = [sys.executable, "-m", "mlflow", "server"]
+    if not has_password(backend_uri):
+        cmd += ["--backend-store-uri", backend_uri]
+    cmd += ["--host", host, "--port", str(port), "--workers", str(workers)]
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
     return cmd
+
+
+def server_env(backend_uri: str) -> dict[str, str]:
+    """The server's environment: ours, plus the store URI when it holds a password
+    (`mlflow server` reads MLFLOW_BACKEND_STORE_URI)."""
+    env = dict(os.environ)
+    if has_password(backend_uri):
+        env["MLFLOW_BACKEND_STORE_URI"] = backend_uri
+    return env
 
 
 def ui_url(host: str, port: int) -> str:
@@ -142,21 +184,37 @@ def ui_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def cmd_ui(args) -> int:
+def check_ui_args(args) -> str:
+    """Refuse, before the server starts, what it would fail on (or serve wrongly);
+    returns the store URI."""
+    from .config import ConfigError
+    if not 1 <= args.port <= 65535:
+        raise ConfigError("port", f"must be an integer from 1 to 65535; got {args.port}")
+    if args.workers < 1:
+        raise ConfigError("workers", f"must be an integer >= 1; got {args.workers}")
+    if not args.host.strip() or any(c.isspace() for c in args.host):
+        raise ConfigError("host", f"must be an interface address such as 127.0.0.1; "
+                          f"got {args.host!r}")
     uri = args.tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
-        print(f"sal-ray ui: {uri} is already a tracking server: open it in a browser",
-              file=sys.stderr)
-        return 2
+        raise ConfigError("tracking_uri", f"{redact(uri)} is already a tracking server: "
+                          "open it in a browser")
+    import_dashboards("store").check_uri(uri)  # never serve (and create) an empty store
+    return uri
+
+
+@_refuses_bad_input("sal-ray ui")
+def cmd_ui(args) -> int:
+    uri = check_ui_args(args)
     exposed = args.host not in LOCAL_HOSTS
     if exposed and not args.allowed_hosts:
         print(f"sal-ray ui: warning: binding to {args.host} exposes the UI (no authentication) "
               "to the network; MLflow accepts only localhost and private-address Host headers "
               "unless you pass --allowed-hosts. See `sal-ray ui --help`.", file=sys.stderr)
     cmd = mlflow_server_command(uri, args.host, args.port, args.allowed_hosts, args.workers)
-    print(f"MLflow UI on {ui_url(args.host, args.port)}  (store: {uri})", flush=True)
+    print(f"MLflow UI on {ui_url(args.host, args.port)}  (store: {redact(uri)})", flush=True)
     print("Ctrl-C stops it.", flush=True)
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, env=server_env(uri))
     try:
         return proc.wait()
     except KeyboardInterrupt:
