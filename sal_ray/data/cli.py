@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from .loading import DataError, dataset_folder, load, status
 from .registry import DATASETS_INFO
@@ -38,8 +39,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     return data
 
 
-def cmd_list(args, out=None) -> int:
-    out = out or sys.stdout
+def cmd_list(args, out=None, err=None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    if args.root is not None and not Path(args.root).expanduser().is_dir():
+        # a typo would otherwise list every dataset as missing
+        print(f"error: option 'root': {args.root} is not a folder", file=err)
+        return 2
     rows = [("name", "classes", "samples", "input", "split", "on disk")]
     for name, meta in DATASETS_INFO.items():
         rows.append((name, str(meta.n_classes), f"{meta.n_samples:,}", str(meta.input_dim),
