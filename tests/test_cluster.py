@@ -62,3 +62,29 @@ def test_no_credentials_in_the_file():
     assert not re.search(r"AKIA[0-9A-Z]{16}", text)  # AWS access key ids
     for word in ("aws_secret_access_key", "ssh_private_key:", "KeyName", "password"):
         assert word not in text
+
+
+def _keys(node, path=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield f"{path}/{k}", k
+            yield from _keys(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _keys(v, f"{path}/{i}")
+
+
+def test_credentials_come_from_the_users_environment(raw):
+    """No key, secret or token in the file: Ray makes the SSH key pair, boto3 finds
+    the AWS keys (~/.aws or AWS_*), the Ray token is mounted from the user's home."""
+    assert set(raw["auth"]) == {"ssh_user"}  # no ssh_private_key, no KeyName
+    secret = re.compile(r"(?i)secret|password|private_key|access_key|credential|token")
+    named = [p for p, k in _keys(raw) if secret.search(str(k))]
+    # the only one: the token file, copied from the user's ~/.ray to the nodes
+    assert named == ["/file_mounts/~/.ray/auth_token"]
+    assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert all(src == "." or src.startswith("~/") for src in raw["file_mounts"].values())
+    commands = " ".join(str(c) for key in raw if key.endswith("_commands") for c in raw[key])
+    assert not re.search(r"AWS_[A-Z_]*=|--password|auth_token=", commands)
+    # the token stays out of the synced checkout: nothing of the kind is tracked
+    assert not (PATH.parent / ".ray").exists() and not (PATH.parent / "auth_token").exists()
