@@ -7,6 +7,8 @@ and bp, 5 seeds each: 30 training runs.
                Ray started from cold, one Tune run, every epoch reported to Tune and
                logged to a fresh MLflow SQLite store, the best weights logged
   sweep, 1 at a time   max_concurrent=1: the overhead alone, without the second core
+  sweep, no checkpoints  checkpoint_every=0: what the per-epoch trial checkpoints
+               (the price of surviving a killed trial) cost
 
 Goal: sweep <= 1.5 x plain loop. Run from the repository root:
 
@@ -36,7 +38,8 @@ PROTOCOL = dict(arch="mlp", depth=2, width=256, routed="first",
 CONFIGS = [("sal", n) for n in (1, 2, 4, 8, 16)] + [("bp", 1)]
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "sweeps.md"
 BEGIN, END = "<!-- sweep_overhead:begin -->", "<!-- sweep_overhead:end -->"
-LABELS = {"loop": "plain loop", "both": "sweep", "one": "sweep 1 at a time"}
+LABELS = {"loop": "plain loop", "both": "sweep", "one": "sweep 1 at a time",
+          "nockpt": "sweep without checkpoints"}
 
 
 def plain_loop(epochs: int, seeds: int) -> float:
@@ -50,7 +53,8 @@ def plain_loop(epochs: int, seeds: int) -> float:
     return time.perf_counter() - t0
 
 
-def sweep(epochs: int, seeds: int, folder: str, max_concurrent: int | None) -> float:
+def sweep(epochs: int, seeds: int, folder: str, max_concurrent: int | None,
+          checkpoint_every: int = 1) -> float:
     """One sweep in a fresh process: Ray starts cold there, as for a user."""
     code = f"""
 import time, sal_ray
@@ -58,7 +62,8 @@ t0 = time.perf_counter()
 res = sal_ray.tune(["digits"], ["sal", "bp"], {{"n_areas": [1, 2, 4, 8, 16]}}, sampler="grid",
                    fixed={{**{PROTOCOL!r}, "epochs": {epochs}}}, seeds={seeds}, num_cpus=2,
                    tracking_uri="sqlite:///{folder}/mlflow.db", experiment="overhead",
-                   storage_path="{folder}/ray", max_concurrent={max_concurrent!r}, verbose=0)
+                   storage_path="{folder}/ray", max_concurrent={max_concurrent!r}, verbose=0,
+                   checkpoint_every={checkpoint_every})
 elapsed = time.perf_counter() - t0
 assert (res.trials.status == "completed").all(), res.trials.status.tolist()
 assert len(res.runs()) == {len(CONFIGS) * seeds}
@@ -97,18 +102,20 @@ def main() -> None:
     runs = len(CONFIGS) * args.seeds
     where = machine()
     print(f"{runs} runs of {args.epochs} epochs (Convergence protocol, Digits); {where}")
-    times: dict[str, list[float]] = {"loop": [], "both": [], "one": []}
+    times: dict[str, list[float]] = {"loop": [], "both": [], "one": [], "nockpt": []}
     for r in range(args.repeat):
         times["loop"].append(plain_loop(args.epochs, args.seeds))
-        for key, limit in (("both", None), ("one", 1)):
+        for key, limit, every in (("both", None, 1), ("one", 1, 1), ("nockpt", None, 0)):
             with tempfile.TemporaryDirectory() as tmp:
-                times[key].append(sweep(args.epochs, args.seeds, tmp, limit))
+                times[key].append(sweep(args.epochs, args.seeds, tmp, limit, every))
         print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()))
-    loop, both, one = (min(times[k]) for k in ("loop", "both", "one"))
+    loop, both, one, nockpt = (min(times[k]) for k in ("loop", "both", "one", "nockpt"))
     best = f"fastest of {args.repeat}" if args.repeat > 1 else "one round"
     print(f"  plain loop              {loop:7.1f} s   ({best})")
     print(f"  sweep                   {both:7.1f} s   {both / loop:.2f} x loop")
     print(f"  sweep, 1 trial at a time{one:7.1f} s   {one / loop:.2f} x loop")
+    print(f"  sweep, no checkpoints   {nockpt:7.1f} s   {nockpt / loop:.2f} x loop "
+          f"(checkpoints cost {both / nockpt:.2f} x)")
     ok = both <= GOAL * loop
     print(f"goal: sweep <= {GOAL} x plain loop: {'met' if ok else 'MISSED'} ({both / loop:.2f})")
     if args.write_docs:
@@ -126,9 +133,12 @@ def main() -> None:
             f"| `sal_ray.tune`, 2 trials at a time (default here) | {both:.1f} s | "
             f"{both / loop:.2f} |",
             f"| `sal_ray.tune`, 1 trial at a time | {one:.1f} s | {one / loop:.2f} |",
+            f"| `sal_ray.tune`, 2 at a time, `checkpoint_every=0` | {nockpt:.1f} s | "
+            f"{nockpt / loop:.2f} |",
             "",
             f"The sweep times include starting Ray from cold in a new process, creating the "
-            f"MLflow store, reporting every epoch to Tune and to MLflow and logging the best "
+            f"MLflow store, reporting every epoch to Tune and to MLflow, a trial checkpoint "
+            f"every epoch (unless `checkpoint_every=0`) and logging the best "
             f"weights. Goal: sweep <= {GOAL} x plain loop.",
             END])
         text = DOCS.read_text()
