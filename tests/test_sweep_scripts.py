@@ -106,3 +106,25 @@ def test_a_script_runs_and_prints_its_tables(ray_session, tmp_path, capsys, monk
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in out
     assert "tags.sweep = 'conv-test'" in out
     assert out.rstrip().endswith("tags.sweep = 'conv-test'")
+
+
+def test_resume_finds_the_newest_sweep_of_the_study_or_says_there_is_none(tmp_path):
+    from sal_ray.config import ConfigError
+    store = tmp_path / "ray"
+    with pytest.raises(ConfigError) as info:
+        plan("moe", "--quick", "--resume", "--storage-path", str(store))
+    assert info.value.option == "resume" and "moe-quick-" in str(info.value)
+    for i, name in enumerate(["moe-quick-20260101-000000", "moe-quick-20260102-000000",
+                              "depth-quick-20260103-000000"]):
+        (store / name).mkdir(parents=True)
+        (store / name / "tuner.pkl").write_bytes(b"")
+        import os
+        os.utime(store / name, (1000 + i, 1000 + i))
+    assert plan("moe", "--quick", "--resume", "--storage-path", str(store)).name == \
+        "moe-quick-20260102-000000"
+    assert plan("moe", "--quick", "--resume", "moe-quick-20260101-000000",
+                "--storage-path", str(store)).name == "moe-quick-20260101-000000"
+    with pytest.raises(ConfigError) as info:  # a new sweep may not take an existing name
+        plan("moe", "--quick", "--name", "moe-quick-20260101-000000",
+             "--storage-path", str(store))
+    assert info.value.option == "name" and "resume" in str(info.value)
