@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,21 @@ class Outbox:
             raise ValueError("an Outbox without a folder cannot hold artifacts")
         files = self.folder / "files"
         files.mkdir(parents=True, exist_ok=True)
-        name = f"{len(list(files.iterdir())):04d}-{Path(path).name}"
-        shutil.copy2(path, files / name)
-        self.ops.append({"op": "artifact", "key": key, "file": f"files/{name}",
+        slot = uuid.uuid4().hex[:12]  # its own folder: the file keeps its name
+        (files / slot).mkdir()
+        shutil.copy2(path, files / slot / Path(path).name)
+        self.ops.append({"op": "artifact", "key": key, "file": f"files/{slot}/{Path(path).name}",
                          "artifact_path": artifact_path})
 
     def end(self, key: str, status: str, message: str = "") -> None:
         self.ops.append({"op": "end", "key": key, "status": status, "message": message})
+
+    def absorb(self, state: dict) -> None:
+        """Take over another outbox's undelivered writes (`MLflowRun.state_for_caller`
+        of a sink that ran in a worker process); its runs are uncertain here."""
+        self.run_ids.update(state.get("run_ids", {}))
+        self.ops += state.get("ops", [])
+        self.uncertain |= set(state.get("run_ids", {})) | {op["key"] for op in state.get("ops", [])}
 
     # ---- delivery ---------------------------------------------------------------------
     @property
@@ -148,7 +157,7 @@ class Outbox:
 
     def _drop_file(self, op: dict) -> None:
         if op["op"] == "artifact" and self.folder is not None:
-            (self.folder / op["file"]).unlink(missing_ok=True)
+            shutil.rmtree((self.folder / op["file"]).parent, ignore_errors=True)
 
     def _send(self, op: dict) -> None:
         from . import tracking

@@ -631,6 +631,30 @@ class _Context:
     log_model: str
     flush_every_s: float
     checkpoint_every: int = 1
+    workers: int = 1             # > 1: each seed trains on Ray Train workers
+    layout: str = "data"         # their parallel layout (distributed.ray_train)
+    worker_cpu: float = 1.0
+    worker_gpu: float = 0.0
+    train_storage: str = ""      # where the Train runs of multi-worker trials live
+
+
+@dataclass
+class _SeedMeans:
+    """What Tune hears from a multi-worker trial's epochs (applied on the workers):
+    the same keys a one-process trial reports, running means over seeds included."""
+    metrics: tuple
+    prior: list
+    common: dict
+    seed_index: int
+
+    def __call__(self, m: dict) -> dict:
+        out = {**_report_keys(m), **self.common, "seed_index": self.seed_index,
+               "trial_status": "running"}
+        for metric in self.metrics:
+            if metric in m:
+                out[f"mean_{metric}"] = ((sum(p[metric] for p in self.prior) + m[metric])
+                                         / (len(self.prior) + 1))
+        return out
 
 
 def config_key(flat: dict[str, Any]) -> str:
@@ -814,13 +838,19 @@ def _run_seeds(config: dict, ctx: _Context, state: _TrialState, trial_id: str) -
             tags={"sweep": ctx.sweep, "trial": trial_id, "config": cfg_key,
                   "seed_index": i, "seeds": ctx.seeds,
                   "searched": ",".join(ctx.searched[key])},
-            flush_every_s=ctx.flush_every_s, key=keys[i], outbox=state.outbox)
+            flush_every_s=ctx.flush_every_s, key=keys[i], outbox=state.outbox, fail_fast=True)
         reporter = _make_reporter(ctx, i, state, {**common, "seed": seed, "config": cfg_key})
         checkpoints = ctx.checkpoint_every > 0
         try:
-            result = fit(Config.from_flat(cfg_flat), [sink, reporter],
-                         checkpoint_dir=str(state.trainer_dir) if checkpoints else None,
-                         checkpoint_every=max(ctx.checkpoint_every, 1))
+            if ctx.workers > 1:
+                result = _fit_on_workers(ctx, cfg_flat, sink, state, trial_id,
+                                         _SeedMeans(ctx.metrics, list(state.prior),
+                                                    {**common, "seed": seed, "config": cfg_key},
+                                                    i))
+            else:
+                result = fit(Config.from_flat(cfg_flat), [sink, reporter],
+                             checkpoint_dir=str(state.trainer_dir) if checkpoints else None,
+                             checkpoint_every=max(ctx.checkpoint_every, 1))
         except (ConfigError, DataError) as e:
             # the trainer refused this configuration: record it, tell Optuna FAIL
             if not sink.opened:
@@ -841,8 +871,11 @@ def _run_seeds(config: dict, ctx: _Context, state: _TrialState, trial_id: str) -
                        **{f"mean_{m}": _penalty(mo) for m, mo in zip(ctx.metrics, ctx.modes)},
                        "mlflow_run_ids": run_ids(i + 1)}, checkpoint=state.checkpoint())
             return
-        state.seed_done({**result.counts, **result.final, "seed": seed},
-                        result.net.state_dict() if ctx.log_model != "none" else None)
+        weights = None
+        if ctx.log_model != "none":
+            weights = result.net.state_dict() if result.net is not None else \
+                _checkpoint_weights(getattr(result, "checkpoint_path", None))
+        state.seed_done({**result.counts, **result.final, "seed": seed}, weights)
     final = _trial_summary(state.prior, ctx.metrics)
     _log_trial_summary(ctx, state, keys[:len(state.prior)], final, common)
     state.outbox.deliver(force=True)
@@ -861,6 +894,44 @@ def _trial_summary(finals: list[dict], metrics: tuple) -> dict[str, float]:
     for m in metrics:
         out[f"mean_{m}"] = statistics.fmean(f[m] for f in finals)
     return out
+
+
+def _fit_on_workers(ctx: _Context, cfg_flat: dict, sink, state: _TrialState, trial_id: str,
+                    means: _SeedMeans):
+    """One seed on `ctx.workers` Ray Train workers (a TorchTrainer driven from this
+    trial). Its epochs reach Tune from rank 0 (Train's Tune callback); the MLflow
+    sink runs on rank 0 and hands back what it could not deliver. The Train run's
+    name is stable per (trial, seed): a restarted trial resumes it."""
+    from .distributed.ray_train import fit_distributed
+    seed = cfg_flat["seed"]
+    result = fit_distributed(
+        Config.from_flat(cfg_flat), ctx.workers, use_gpu=ctx.worker_gpu > 0,
+        storage_path=ctx.train_storage, name=f"{trial_id}-s{seed}", callbacks=[sink],
+        verbose=False, cpus_per_worker=ctx.worker_cpu, layout=ctx.layout,
+        report_metrics=means)
+    for st in result.callback_states or []:
+        state.outbox.absorb(st)
+    if result.status != "completed" and not result.message:
+        result.message = "the workers ended without completing the run"
+    return result
+
+
+def _checkpoint_weights(folder: str | None):
+    """The net's state dict from a multi-worker run's last checkpoint (core format;
+    a layer-parallel one is gathered from its stage files)."""
+    if not folder:
+        return None
+    import torch
+
+    from .train import CHECKPOINT_NAME
+    path = os.path.join(folder, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        from .distributed import gather_checkpoint
+        with tempfile.TemporaryDirectory() as tmp:
+            gather_checkpoint(folder, tmp)
+            return torch.load(os.path.join(tmp, CHECKPOINT_NAME), map_location="cpu",
+                              weights_only=False)["net"]
+    return torch.load(path, map_location="cpu", weights_only=False)["net"]
 
 
 def _log_trial_summary(ctx: _Context, state: _TrialState, keys: list[str], final: dict,
@@ -1217,7 +1288,8 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          flush_every_s: float | None = None, verbose: int = 1,
          table_by: Sequence[str] | None = None, dry_run: bool = False,
          resume: bool = False, max_failures: int = 3, checkpoint_every: int = 1,
-         finish_wait_s: float = 120.0, callbacks: Sequence[Any] = ()) -> SweepResults | Plan:
+         finish_wait_s: float = 120.0, callbacks: Sequence[Any] = (),
+         layout: str = "data") -> SweepResults | Plan:
     """Search trainer configurations with Ray Tune + Optuna, tracked in MLflow.
 
     datasets, methods: the studies; each (dataset, method) is its own Optuna study
@@ -1239,6 +1311,9 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
         `mean_<metric>` keys and training_iteration, which counts seed-epochs).
     seeds: seeds per configuration (seed, seed+1, ...; `fixed` seed is the first).
     resources: per trial, e.g. {"cpu": 1, "gpu": 0.25}; a GPU share sets device=cuda.
+        {"workers": 4, "gpu": 1, "cpu": 4}: every seed of a trial trains on 4 Ray
+        Train workers (TorchTrainer) with that much each, in `layout` "data" (any
+        method) or "layer" (SAL only); see docs/scaling.md.
     experiment, name, tracking_uri: the MLflow experiment, the sweep's name (its
         parent run and the `sweep` tag) and store (default $MLFLOW_TRACKING_URI, else
         sqlite:///<cwd>/mlflow.db).
@@ -1286,6 +1361,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
              resources=resources, experiment=experiment, name=name, local=local)
     storage = _storage(storage_path)
     _check_sweep_folder(storage, p.name, resume)
+    _check_workers(p, layout)
     if dry_run:
         say(p.describe())
         return p
@@ -1307,7 +1383,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
         results, grid = _execute(
             p, uri, experiment_id, parent, max_concurrent, time_budget_s, storage, log_model,
             flush_every_s, verbose, say, resume=resume, max_failures=max_failures,
-            checkpoint_every=checkpoint_every, callbacks=list(callbacks))
+            checkpoint_every=checkpoint_every, callbacks=list(callbacks), layout=layout)
     except BaseException as e:
         try:
             tracking.set_status(parent, "crashed", uri, f"{type(e).__name__}: {e}"[:500])
@@ -1317,6 +1393,19 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     results.elapsed_s = time.perf_counter() - t0
     _finish(results, grid, uri, say, table_by, finish_wait_s)
     return results
+
+
+def _check_workers(p: Plan, layout: str) -> None:
+    """resources['workers'] and `layout`, for every study, before anything starts."""
+    workers = p.resources.get("workers", 1)
+    if workers != int(workers) or workers < 1:
+        raise ConfigError("resources", f"workers must be a whole number >= 1; got {workers!r}")
+    from .distributed.layer_parallel import check_layout
+    for pair in p.pairs:
+        check_layout(Config.from_flat(pair.fixed), layout, int(workers) if workers > 1 else None)
+    if workers > 1 and p.resources["gpu"] not in (0, 1):
+        raise ConfigError("resources", "with workers, gpu is per worker: 0 or 1; got "
+                          f"{p.resources['gpu']}")
 
 
 def _storage(storage_path) -> str:
@@ -1421,7 +1510,7 @@ def _log_sweep_params(uri: str, parent: str, p: Plan) -> None:
 
 def _execute(p: Plan, uri, experiment_id, parent, max_concurrent, time_budget_s, storage,
              log_model, flush_every_s, verbose, say, *, resume: bool, max_failures: int,
-             checkpoint_every: int, callbacks: list):
+             checkpoint_every: int, callbacks: list, layout: str = "data"):
     from ray import tune as rt
 
     from . import tracking
@@ -1433,8 +1522,26 @@ def _execute(p: Plan, uri, experiment_id, parent, max_concurrent, time_budget_s,
                    flush_every_s=tracking.FLUSH_EVERY_S if flush_every_s is None else flush_every_s,
                    checkpoint_every=checkpoint_every)
     recorder = _make_recorder(p, say)
-    trainable = rt.with_resources(rt.with_parameters(_run_trial, ctx=ctx),
-                                  {k: v for k, v in p.resources.items() if v or k == "cpu"})
+    workers = int(p.resources.get("workers", 1))
+    trial_resources = {k: v for k, v in p.resources.items()
+                       if (v or k == "cpu") and k != "workers"}
+    if workers > 1:
+        # the trial only drives its TorchTrainer, whose workers ask for the
+        # resources; trials beyond what the cluster can place at once would hold
+        # their drivers while their workers wait (PITFALLS): cap them
+        import ray
+        ctx.workers, ctx.layout = workers, layout
+        ctx.worker_cpu, ctx.worker_gpu = p.resources["cpu"], p.resources["gpu"]
+        ctx.train_storage = str(Path(storage) / p.name / "train") if "://" not in storage \
+            else storage.rstrip("/") + f"/{p.name}/train"
+        # (Tune refuses an empty request: a token of memory stands for "nothing")
+        trial_resources = {"cpu": 0, "memory": 2 ** 20}
+        have = ray.cluster_resources()
+        fits = int(have.get("CPU", 1) // (workers * p.resources["cpu"]))
+        if p.resources["gpu"]:
+            fits = min(fits, int(have.get("GPU", 0) // workers))
+        max_concurrent = max(1, min(max_concurrent or fits, fits))
+    trainable = rt.with_resources(rt.with_parameters(_run_trial, ctx=ctx), trial_resources)
     # Tune's own per-trial files would repeat what MLflow holds; they cost a write per epoch
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if resume:

@@ -355,7 +355,7 @@ class MLflowRun(Callback):
                  run_name: str | None = None, tags: dict[str, Any] | None = None,
                  extra_params: dict[str, Any] | None = None,
                  flush_every_s: float = FLUSH_EVERY_S, key: str | None = None,
-                 outbox=None):
+                 outbox=None, fail_fast: bool = False):
         from .outbox import Outbox
         self.uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.run_name, self.tags = run_name, dict(tags or {})
@@ -363,6 +363,7 @@ class MLflowRun(Callback):
         self.flush_every_s = flush_every_s
         self.key = key or uuid.uuid4().hex
         self.outbox = outbox if outbox is not None else Outbox(tracking_uri, experiment_id)
+        self.fail_fast = fail_fast  # fail_fast_http() in the process that trains
         self.status: str | None = None  # set once the run is ended
         self.opened = False
         self.history: list[dict[str, float]] = []
@@ -376,6 +377,8 @@ class MLflowRun(Callback):
 
     # -- trainer hooks --
     def on_start(self, run: Run) -> None:
+        if self.fail_fast:
+            fail_fast_http()
         params = {**run.params(), **self.extra_params}
         self.epochs = run.cfg.optim.epochs
         self.history = list(getattr(run, "history", []) or [])
@@ -427,6 +430,11 @@ class MLflowRun(Callback):
         self.outbox.end(self.key, "completed")
         self.status = "completed"
         self.flush(force=True)
+
+    def state_for_caller(self) -> dict:
+        """What is still undelivered, for the process that started this sink in a
+        worker (`Outbox.absorb` there): a worker's memory ends with it."""
+        return {"ops": self.outbox.ops, "run_ids": self.outbox.run_ids}
 
     def close(self, status: str, message: str = "") -> None:
         """End the run as `status` unless already ended; never raises (it runs on

@@ -21,7 +21,7 @@ import os
 import tempfile
 import uuid
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -38,12 +38,17 @@ class DistributedRunResult(RunResult):
     checkpoint_path: str | None = None   # folder with checkpoint.pt (local storage)
     run_path: str | None = None          # storage_path/name
     ray_result: Any = None               # ray.train.Result
+    callback_states: list = None         # rank 0's callbacks' `state_for_caller()`
 
 
 def _train_loop_per_worker(config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
+    if config.get("quiet"):  # Train's per-report INFO lines, one per epoch per worker
+        import logging
+        for name in ("ray.train", "ray.train._internal.storage"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     group = Group(ctx.get_world_rank(), ctx.get_world_size(), device)
@@ -67,13 +72,18 @@ def _train_loop_per_worker(config: dict) -> dict:
             # layer layout: every stage reports its shard and Ray merges the
             # workers' folders into one checkpoint folder
             checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+            if config.get("report_metrics") is not None:  # e.g. a sweep's running means
+                metrics = config["report_metrics"](metrics)
             ray.train.report(metrics, checkpoint=checkpoint,
                              checkpoint_dir_name=f"epoch_{int(metrics['epoch']):05d}")
 
         result = fit(cfg, group, out_dir, callbacks=config["callbacks"], report=report,
                      resume_dir=resume_dir, layout=layout, boundaries=config["boundaries"])
+    # what a callback must hand back to the caller (a tracker's undelivered writes)
+    states = [cb.state_for_caller() for cb in config["callbacks"]
+              if group.is_main and hasattr(cb, "state_for_caller")]
     return {"status": result.status, "message": result.message, "history": result.history,
-            "config": result.config, "counts": result.counts}
+            "config": result.config, "counts": result.counts, "callback_states": states}
 
 
 class _Announce(Callback):
@@ -106,7 +116,9 @@ def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
                     callbacks: Sequence[Callback] = (), verbose: bool = True,
                     resume_from: str | None = None, keep_checkpoints: int = 2,
                     cpus_per_worker: float = 1.0, layout: str = "data",
-                    boundaries: Sequence[int] | None = None) -> DistributedRunResult:
+                    boundaries: Sequence[int] | None = None,
+                    report_metrics: Callable[[dict], dict] | None = None
+                    ) -> DistributedRunResult:
     """Train `cfg` on `num_workers` Ray Train workers.
 
     layout: "data" (every worker holds the whole net, gradients all-reduced; any
@@ -124,6 +136,8 @@ def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
       picklable); `verbose` adds the console progress.
     resume_from: a checkpoint folder (a single-process run's, or for "layer" also
       a layer-parallel one) to start from when the Train run has none of its own.
+    report_metrics: a picklable function applied, on the workers, to each epoch's
+      metrics before Ray reports them (inside a Tune trial: what Tune hears).
     Raises ray.train.TrainingFailedError when a worker fails.
     """
     if num_workers < 1:
@@ -143,7 +157,8 @@ def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
         _train_loop_per_worker,
         train_loop_config={"config": cfg.to_flat(), "use_gpu": use_gpu, "callbacks": worker_cbs,
                            "resume_from": os.path.abspath(resume_from) if resume_from else None,
-                           "layout": layout,
+                           "layout": layout, "report_metrics": report_metrics,
+                           "quiet": not verbose,
                            "boundaries": list(boundaries) if boundaries is not None else None},
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=use_gpu,
@@ -160,4 +175,5 @@ def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
         status=out.get("status", "failed"), config=out.get("config", cfg.to_flat()),
         history=out.get("history", []), message=out.get("message", ""),
         counts=out.get("counts", {}), net=None, checkpoint_path=local,
-        run_path=os.path.join(storage_path, name), ray_result=ray_result)
+        run_path=os.path.join(storage_path, name), ray_result=ray_result,
+        callback_states=out.get("callback_states", []))
