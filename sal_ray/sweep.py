@@ -1352,9 +1352,14 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     if resume and name is None:
         raise ConfigError("name", "resume=True needs the name of the sweep to resume "
                           "(the name its first run printed; scripts: --resume NAME)")
-    if not isinstance(finish_wait_s, (int, float)) or isinstance(finish_wait_s, bool) \
-            or finish_wait_s < 0:
-        raise ConfigError("finish_wait_s", f"must be a number >= 0; got {finish_wait_s!r}")
+    for option, value in (("finish_wait_s", finish_wait_s), ("time_budget_s", time_budget_s),
+                          ("flush_every_s", flush_every_s)):
+        if value is None and option != "finish_wait_s":
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                or not math.isfinite(value) or value < 0:
+            raise ConfigError(option, f"must be a number >= 0 (seconds); got {value!r}")
+    _check_positive_int("num_cpus", num_cpus, allow_none=True)
     local = not _on_cluster(address)
     p = plan(datasets, methods, space, fixed=fixed, method_spaces=method_spaces, trials=trials,
              sampler=sampler, metric=metric, mode=mode, scheduler=scheduler, seeds=seeds,
@@ -1836,7 +1841,8 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
     if args.epochs is not None:
         fixed["epochs"] = args.epochs
     on_cluster = _on_cluster(args.address)
-    resources = {"cpu": args.cpus_per_trial or (2.0 * cpus if on_cluster and gpus else cpus),
+    resources = {"cpu": args.cpus_per_trial if args.cpus_per_trial is not None
+                 else (2.0 * cpus if on_cluster and gpus else cpus),
                  "gpu": args.gpus_per_trial if args.gpus_per_trial is not None
                  else (gpus if on_cluster else 0.0)}
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -1849,7 +1855,7 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
     res = tune(datasets, args.methods or list(methods), space, fixed=fixed,
                method_spaces=method_spaces, trials=trials, sampler=sampler, scheduler=scheduler,
                seeds=seeds, resources=resources, metric=metric, mode=mode,
-               experiment=args.experiment or f"sal-{study}",
+               experiment=args.experiment if args.experiment is not None else f"sal-{study}",
                name=name, tracking_uri=args.tracking_uri, address=args.address,
                max_concurrent=args.max_concurrent, verbose=args.verbose, table_by=by,
                dry_run=args.dry_run, storage_path=args.storage_path, resume=resume)

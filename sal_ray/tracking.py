@@ -70,13 +70,18 @@ def resolve_uri(uri: str | None = None) -> str:
 
 def redact(uri: str) -> str:
     """The URI without a password, for messages and logs."""
-    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", uri)
+    # up to the last '@' before the host: a password may hold an '@' itself
+    return re.sub(r"://([^:/@]+):[^/]*@", r"://\1:***@", uri)
 
 
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on this store (bound to localhost)."""
     if uri.startswith(("http://", "https://")):
         return f"open {redact(uri)} in a browser"
+    shown = redact(uri)
+    if shown != uri:  # never print a password; the user puts it back
+        return (f"mlflow ui --backend-store-uri '{shown}' --host 127.0.0.1 --port 5000 "
+                "(with the store's password in place of ***)")
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 

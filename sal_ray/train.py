@@ -258,6 +258,14 @@ def fit(cfg: Config, callbacks: Sequence[Callback] = (), checkpoint_dir: str | N
     new one written every `checkpoint_every` epochs and after the last, before
     the callbacks hear of that epoch (a callback may ship the folder elsewhere).
     """
+    if checkpoint_dir:  # an unusable folder is bad input: refuse it before any epoch
+        try:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError("checkpoint_dir", f"cannot use {checkpoint_dir} for "
+                              f"checkpoints: {e.strerror or e}") from None
+        if not os.access(checkpoint_dir, os.W_OK):
+            raise ConfigError("checkpoint_dir", f"{checkpoint_dir} is not writable")
     run = run or build(cfg)
     done, history = load_checkpoint(run, checkpoint_dir) if checkpoint_dir else (0, [])
     run.history = list(history)

@@ -215,8 +215,6 @@ def test_redaction_of_printed_uris():
         "open http://alice:***@mlflow:5000 in a browser"
 
 
-@pytest.mark.xfail(strict=True, reason="sal_ray/tracking.py (not ours to edit): ui_command prints "
-                   "a database URI as is, and redact stops at the first '@' of a password")
 def test_tracking_redacts_every_printed_uri():
     from sal_ray import tracking
     assert "s3cret" not in tracking.ui_command(PASSWORD_URI)  # the sweep's last line prints it

@@ -1,4 +1,5 @@
 import math
+import pytest
 
 import torch
 
@@ -86,3 +87,17 @@ def test_all_methods_learn_digits_a_little():
     for method, n in [("bp", 1), ("sal", 4), ("moe", 4)]:
         r = fit(Config().replace(method=method, n_areas=n, lr=0.05, width=64, epochs=2))
         assert r.final["val_acc"] > 0.5, (method, r.final["val_acc"])
+
+
+def test_an_unusable_checkpoint_folder_is_refused_before_training(tmp_path):
+    from sal_ray import ConfigError, train
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    epochs = []
+
+    class Count(Callback):
+        def on_epoch(self, m):
+            epochs.append(m["epoch"])
+    with pytest.raises(ConfigError) as info:
+        train(epochs=1, checkpoint_dir=str(blocker / "ckpt"), callbacks=[Count()], verbose=False)
+    assert info.value.option == "checkpoint_dir" and epochs == []
