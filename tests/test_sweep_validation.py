@@ -154,3 +154,21 @@ def test_importing_the_sweep_module_loads_no_engine():
             "bad = [m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("kwargs, option", [
+    ({"time_budget_s": -1}, "time_budget_s"), ({"flush_every_s": "x"}, "flush_every_s"),
+    ({"finish_wait_s": -1}, "finish_wait_s"), ({"num_cpus": 0}, "num_cpus"),
+    ({"max_failures": -1}, "max_failures"), ({"checkpoint_every": 1.5}, "checkpoint_every"),
+    ({"resume": "yes"}, "resume"), ({"resume": True}, "name"),
+    ({"resume": True, "name": "nosuch"}, "resume"),
+    ({"resources": {"workers": 1.5}}, "resources"),
+    ({"resources": {"workers": 2}, "layout": "pipeline"}, "layout"),
+])
+def test_reliability_options_are_checked_before_anything_starts(kwargs, option, tmp_path):
+    import sal_ray
+    with pytest.raises(sal_ray.ConfigError) as info:
+        sal_ray.tune("digits", ["sal"], {"lr": [0.1]}, sampler="grid", dry_run=True, verbose=0,
+                     storage_path=tmp_path, **kwargs)
+    assert info.value.option == option
+    assert list(tmp_path.iterdir()) == []
