@@ -142,6 +142,9 @@ def study_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
         raise ConfigError("experiment", f"must be a non-empty name; got {args.experiment!r}")
     if args.name is not None and (not args.name.strip() or "'" in args.name):
         raise ConfigError("name", f"must be a non-empty name without quotes; got {args.name!r}")
+    workers = getattr(args, "workers_per_trial", None)
+    if workers is not None and workers < 1:
+        raise ConfigError("workers_per_trial", f"must be an integer >= 1; got {workers}")
     if args.verbose not in (0, 1, 2):
         raise ConfigError("verbose", f"must be 0, 1 or 2; got {args.verbose}")
     return args

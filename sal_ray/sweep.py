@@ -632,7 +632,7 @@ class _Context:
     flush_every_s: float
     checkpoint_every: int = 1
     workers: int = 1             # > 1: each seed trains on Ray Train workers
-    layout: str = "data"         # their parallel layout (distributed.ray_train)
+    layouts: dict = field(default_factory=dict)  # method -> parallel layout ("data")
     worker_cpu: float = 1.0
     worker_gpu: float = 0.0
     train_storage: str = ""      # where the Train runs of multi-worker trials live
@@ -907,7 +907,8 @@ def _fit_on_workers(ctx: _Context, cfg_flat: dict, sink, state: _TrialState, tri
     result = fit_distributed(
         Config.from_flat(cfg_flat), ctx.workers, use_gpu=ctx.worker_gpu > 0,
         storage_path=ctx.train_storage, name=f"{trial_id}-s{seed}", callbacks=[sink],
-        verbose=False, cpus_per_worker=ctx.worker_cpu, layout=ctx.layout,
+        verbose=False, cpus_per_worker=ctx.worker_cpu,
+        layout=ctx.layouts.get(cfg_flat["method"], "data"),
         report_metrics=means)
     for st in result.callback_states or []:
         state.outbox.absorb(st)
@@ -1289,7 +1290,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          table_by: Sequence[str] | None = None, dry_run: bool = False,
          resume: bool = False, max_failures: int = 3, checkpoint_every: int = 1,
          finish_wait_s: float = 120.0, callbacks: Sequence[Any] = (),
-         layout: str = "data") -> SweepResults | Plan:
+         layout: str | dict[str, str] = "data") -> SweepResults | Plan:
     """Search trainer configurations with Ray Tune + Optuna, tracked in MLflow.
 
     datasets, methods: the studies; each (dataset, method) is its own Optuna study
@@ -1313,7 +1314,8 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     resources: per trial, e.g. {"cpu": 1, "gpu": 0.25}; a GPU share sets device=cuda.
         {"workers": 4, "gpu": 1, "cpu": 4}: every seed of a trial trains on 4 Ray
         Train workers (TorchTrainer) with that much each, in `layout` "data" (any
-        method) or "layer" (SAL only); see docs/scaling.md.
+        method) or "layer" (SAL only), or per method: {"sal": "layer", "bp":
+        "data"} (unnamed methods: "data"); see docs/scaling.md.
     experiment, name, tracking_uri: the MLflow experiment, the sweep's name (its
         parent run and the `sweep` tag) and store (default $MLFLOW_TRACKING_URI, else
         sqlite:///<cwd>/mlflow.db).
@@ -1366,7 +1368,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
              resources=resources, experiment=experiment, name=name, local=local)
     storage = _storage(storage_path)
     _check_sweep_folder(storage, p.name, resume)
-    _check_workers(p, layout)
+    layouts = _layouts(p, layout)
     if dry_run:
         say(p.describe())
         return p
@@ -1388,7 +1390,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
         results, grid = _execute(
             p, uri, experiment_id, parent, max_concurrent, time_budget_s, storage, log_model,
             flush_every_s, verbose, say, resume=resume, max_failures=max_failures,
-            checkpoint_every=checkpoint_every, callbacks=list(callbacks), layout=layout)
+            checkpoint_every=checkpoint_every, callbacks=list(callbacks), layouts=layouts)
     except BaseException as e:
         try:
             tracking.set_status(parent, "crashed", uri, f"{type(e).__name__}: {e}"[:500])
@@ -1400,14 +1402,26 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     return results
 
 
-def _check_workers(p: Plan, layout: str) -> None:
-    """resources['workers'] and `layout`, for every study, before anything starts."""
+def _layouts(p: Plan, layout) -> dict[str, str]:
+    """`layout` as method -> layout, checked for every study before anything starts
+    (with resources['workers'])."""
     workers = p.resources.get("workers", 1)
     if workers != int(workers) or workers < 1:
         raise ConfigError("resources", f"workers must be a whole number >= 1; got {workers!r}")
+    methods = list(dict.fromkeys(x.method for x in p.pairs))
+    if isinstance(layout, dict):
+        unknown = set(layout) - set(methods)
+        if unknown:
+            raise ConfigError("layout", f"names methods this sweep does not run: "
+                              f"{', '.join(sorted(unknown))}; it runs {', '.join(methods)}")
+        layouts = {m: layout.get(m, "data") for m in methods}
+    else:
+        layouts = {m: layout for m in methods}
     from .distributed.layer_parallel import check_layout
     for pair in p.pairs:
-        check_layout(Config.from_flat(pair.fixed), layout, int(workers) if workers > 1 else None)
+        check_layout(Config.from_flat(pair.fixed), layouts[pair.method],
+                     int(workers) if workers > 1 else None)
+    return layouts
     if workers > 1 and p.resources["gpu"] not in (0, 1):
         raise ConfigError("resources", "with workers, gpu is per worker: 0 or 1; got "
                           f"{p.resources['gpu']}")
@@ -1515,7 +1529,7 @@ def _log_sweep_params(uri: str, parent: str, p: Plan) -> None:
 
 def _execute(p: Plan, uri, experiment_id, parent, max_concurrent, time_budget_s, storage,
              log_model, flush_every_s, verbose, say, *, resume: bool, max_failures: int,
-             checkpoint_every: int, callbacks: list, layout: str = "data"):
+             checkpoint_every: int, callbacks: list, layouts: dict | None = None):
     from ray import tune as rt
 
     from . import tracking
@@ -1535,7 +1549,7 @@ def _execute(p: Plan, uri, experiment_id, parent, max_concurrent, time_budget_s,
         # resources; trials beyond what the cluster can place at once would hold
         # their drivers while their workers wait (PITFALLS): cap them
         import ray
-        ctx.workers, ctx.layout = workers, layout
+        ctx.workers, ctx.layouts = workers, dict(layouts or {})
         ctx.worker_cpu, ctx.worker_gpu = p.resources["cpu"], p.resources["gpu"]
         ctx.train_storage = str(Path(storage) / p.name / "train") if "://" not in storage \
             else storage.rstrip("/") + f"/{p.name}/train"
@@ -1803,6 +1817,12 @@ def script_parser(doc: str, *, datasets: Sequence[str], seeds: int):
     ap.add_argument("--cpus-per-trial", type=float, default=None)
     ap.add_argument("--gpus-per-trial", type=float, default=None,
                     help="default: the study's share on a cluster, 0 locally")
+    ap.add_argument("--workers-per-trial", type=int, default=None,
+                    help="train every seed on this many Ray Train workers (each with "
+                         "--cpus-per-trial CPUs and --gpus-per-trial GPUs); default 1")
+    ap.add_argument("--layout", choices=["data", "layer"], default="data",
+                    help="with workers: 'layer' puts SAL's layers on different workers "
+                         "(the other methods stay data parallel); default data")
     ap.add_argument("--max-concurrent", type=int, default=None)
     ap.add_argument("--storage-path", default=None,
                     help="where Tune keeps trial checkpoints (default ./runs/ray)")
@@ -1852,13 +1872,20 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
     if resume:
         name = args.resume if isinstance(args.resume, str) else \
             args.name or _newest_sweep(_storage(args.storage_path), prefix)
+    workers = getattr(args, "workers_per_trial", None)
+    if workers is not None:
+        resources["workers"] = workers
+    layout = {"sal": "layer"} if getattr(args, "layout", "data") == "layer" else "data"
+    if isinstance(layout, dict) and "sal" not in (args.methods or list(methods)):
+        layout = "layer"  # no SAL here: let the check name the method it refuses
     res = tune(datasets, args.methods or list(methods), space, fixed=fixed,
                method_spaces=method_spaces, trials=trials, sampler=sampler, scheduler=scheduler,
                seeds=seeds, resources=resources, metric=metric, mode=mode,
                experiment=args.experiment if args.experiment is not None else f"sal-{study}",
                name=name, tracking_uri=args.tracking_uri, address=args.address,
                max_concurrent=args.max_concurrent, verbose=args.verbose, table_by=by,
-               dry_run=args.dry_run, storage_path=args.storage_path, resume=resume)
+               dry_run=args.dry_run, storage_path=args.storage_path, resume=resume,
+               layout=layout)
     return res
 
 

@@ -5,6 +5,9 @@ that needs an 80 GB GPU per trial (see ray_cluster.yaml for the instance type).
 
     ray submit ray_cluster.yaml sweeps/width.py
     python sweeps/width.py --datasets semeion --gpus-per-trial 1
+    # 24 GB cards: SAL's layers over 4 GPUs per trial, BP data parallel on 4
+    ray submit ray_cluster.yaml sweeps/width.py --workers-per-trial 4 --gpus-per-trial 1 \
+        --cpus-per-trial 4 --layout layer
     python sweeps/width.py --quick              # Digits, depth 4, width 64/128/256, 3 epochs
 
 Prints the comparison table and accuracy per (method, width), then how to open

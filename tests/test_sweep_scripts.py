@@ -128,3 +128,18 @@ def test_resume_finds_the_newest_sweep_of_the_study_or_says_there_is_none(tmp_pa
         plan("moe", "--quick", "--name", "moe-quick-20260101-000000",
              "--storage-path", str(store))
     assert info.value.option == "name" and "resume" in str(info.value)
+
+
+def test_scripts_take_workers_and_a_layout_for_sal():
+    from sal_ray.config import ConfigError
+    from sal_ray.sweep import _layouts
+    p = plan("width", "--quick", "--workers-per-trial", "2", "--layout", "layer")
+    assert p.resources["workers"] == 2
+    assert _layouts(p, {"sal": "layer"}) == {"sal": "layer", "bp": "data"}
+    with pytest.raises(ConfigError) as info:  # bp alone cannot go layer-parallel
+        plan("width", "--quick", "--methods", "bp", "--workers-per-trial", "2",
+             "--layout", "layer")
+    assert info.value.option == "layout"
+    with pytest.raises(ConfigError) as info:
+        plan("width", "--quick", "--workers-per-trial", "0")
+    assert info.value.option == "workers_per_trial"
