@@ -31,6 +31,7 @@ INITS = ("kaiming_normal", "torch_linear")
 AREA_GRAD_SCALES = ("batch", "area")
 FEEDBACK_DISTS = ("gaussian", "uniform")
 DTYPES = ("float32", "float64")
+PRECISIONS = ("fp32", "bf16")
 KERNELS = ("auto", "onehot", "gather", "sorted")
 
 
@@ -88,6 +89,10 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"            # cpu, cuda, cuda:N, or auto
     dtype: str = "float32"
+    # bf16: parameters, optimizer and update stay in `dtype` (float32 master
+    # weights); the matmuls of the forward and of the update run under
+    # torch.autocast(bfloat16). Losses, softmax and metrics stay float32.
+    precision: str = "fp32"
     kernel: str = "auto"           # routed matmul layout; all give the same math
     eval_batch_size: int = 4096
 
@@ -241,6 +246,10 @@ def validate(cfg: Config, n_classes: int | None = None) -> Config:
     _one_of("feedback_dist", s.feedback_dist, FEEDBACK_DISTS)
     _one_of("area_grad_scale", s.area_grad_scale, AREA_GRAD_SCALES)
     _one_of("dtype", r.dtype, DTYPES)
+    _one_of("precision", r.precision, PRECISIONS)
+    if r.precision == "bf16" and r.dtype != "float32":
+        raise ConfigError("precision", f"bf16 autocasts float32 master weights; with dtype "
+                          f"{r.dtype} use precision fp32 (or dtype float32)")
     _one_of("kernel", r.kernel, KERNELS)
     if not (r.device in ("cpu", "cuda", "auto") or r.device.startswith("cuda:")):
         raise ConfigError("device", f"must be cpu, cuda, cuda:N or auto; got {r.device!r}")
@@ -307,6 +316,8 @@ HELP = {
     "seed": "seed of initialisation, feedback matrices and data order",
     "device": "cpu, cuda, cuda:N or auto",
     "dtype": "float32 or float64",
+    "precision": "fp32, or bf16: float32 weights and update, matmuls autocast to bfloat16 "
+                 "(needs dtype float32)",
     "kernel": "routed-matmul layout: auto, onehot, gather, sorted (same math, different speed)",
     "eval_batch_size": "batch size for evaluation",
 }

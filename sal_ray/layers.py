@@ -93,10 +93,10 @@ class Routing:
             return torch.addmm(bias_NO[areas_B], self.rows, weight_NIO.view(N * I, O))
         if self.kind == "gather":
             return torch.bmm(x_BI.unsqueeze(1), weight_NIO[areas_B]).squeeze(1) + bias_NO[areas_B]
-        pieces = [torch.addmm(bias_NO[k], xk, weight_NIO[k])
-                  for k, xk in enumerate(self.xs) if self.counts[k]]
-        out_BO = torch.empty(x_BI.shape[0], O, dtype=x_BI.dtype, device=x_BI.device)
-        return out_BO.index_copy(0, self.order_B, torch.cat(pieces))
+        pieces = torch.cat([torch.addmm(bias_NO[k], xk, weight_NIO[k])
+                            for k, xk in enumerate(self.xs) if self.counts[k]])
+        # in the products' dtype: bfloat16 under autocast, whatever x is
+        return pieces.new_empty(x_BI.shape[0], O).index_copy(0, self.order_B, pieces)
 
     def weight_grad(self, delta_BO):
         """(ΔW_NIO, Δb_NO): per-area sums of x_i^T δ_i and δ_i. Areas no sample
@@ -113,8 +113,11 @@ class Routing:
             return delta_BO.new_zeros(N, I, O).index_add_(0, areas_B, outer_BIO), db_NO
         dW_NIO = delta_BO.new_zeros(N, I, O)
         ds = torch.split(delta_BO[self.order_B], self.counts)
+        autocast = torch.is_autocast_enabled(x_BI.device.type)
         for k in range(N):
-            if self.counts[k]:
+            if self.counts[k] and autocast:  # an out= product would bypass autocast
+                dW_NIO[k] = self.xs[k].T @ ds[k]
+            elif self.counts[k]:
                 torch.mm(self.xs[k].T, ds[k], out=dW_NIO[k])
         return dW_NIO, db_NO
 
@@ -213,6 +216,7 @@ class Gate(nn.Module):
         self.weight = nn.Parameter(w_g.float())
 
     def forward(self, x_BI):
-        g_BN = torch.softmax(x_BI @ self.weight, dim=1)
+        # softmax in the weight's dtype: float32 under bf16 autocast, as on CUDA
+        g_BN = torch.softmax(x_BI @ self.weight, dim=1, dtype=self.weight.dtype)
         g_B, areas_B = g_BN.max(dim=1)
         return g_BN, g_B, areas_B

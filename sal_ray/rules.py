@@ -8,6 +8,10 @@ returns the batch loss; one optimizer then applies the update for every method.
   batch × C output error E_top. It is `sal_forward` (a block of layers, keeping
   traces), `sal_error` (E_top at the output) and `sal_layer_grads` (one layer),
   so the layer-parallel layout runs the same code on each worker's block.
+
+Under `torch.autocast` (precision bf16) the matmuls run in bfloat16 while
+parameters stay float32: losses, softmax and errors are taken in float32
+(`full_precision`) and every `.grad` is cast to its parameter's dtype.
 """
 
 from __future__ import annotations
@@ -29,12 +33,22 @@ class SALRule:
     area_grad_scale: str = "batch"  # "area": a per-area mean instead of a batch mean
 
 
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """A bfloat16/float16 tensor (an autocast matmul's output) as float32;
+    float32 and float64 tensors are returned as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def backprop_grads(net: Net, x_BI, y_B, moe_balance: float = 0.0):
     net.zero_grad(set_to_none=True)
     logits_BC, areas = net(x_BI)
+    logits_BC = full_precision(logits_BC)
     loss = F.cross_entropy(logits_BC, y_B)
     objective = loss + moe_balance * switch_balance(net.gates) if moe_balance else loss
-    objective.backward()
+    # autocast wraps the forward only; the backward ops still run in the dtypes
+    # the forward used (bf16 matmuls), and grads reach float32 params as float32
+    with torch.autocast(logits_BC.device.type, enabled=False):
+        objective.backward()
     return loss.detach(), logits_BC.detach(), areas
 
 
@@ -51,8 +65,8 @@ def switch_balance(gates) -> torch.Tensor:
 
 
 def _class_error(logits_BC, onehot_BC, batch: int):
-    """∂ mean-CE / ∂ logits = (softmax − onehot) / batch."""
-    return (torch.softmax(logits_BC, dim=1) - onehot_BC) / batch
+    """∂ mean-CE / ∂ logits = (softmax − onehot) / batch, in onehot's dtype."""
+    return (torch.softmax(logits_BC, dim=1, dtype=onehot_BC.dtype) - onehot_BC) / batch
 
 
 class LayerTrace(NamedTuple):
@@ -81,7 +95,9 @@ def sal_forward(layers, h, kernel: str = "auto"):
 
 
 def sal_error(logits_BC, y_B, n_classes: int):
-    """The output's mean cross-entropy, E_top = ∂L/∂logits, and the one-hot labels."""
+    """The output's mean cross-entropy, E_top = ∂L/∂logits, and the one-hot labels
+    (all float32 when the logits are bfloat16)."""
+    logits_BC = full_precision(logits_BC)
     onehot_BC = F.one_hot(y_B, n_classes).to(logits_BC.dtype)
     loss = F.cross_entropy(logits_BC, y_B)
     return loss, _class_error(logits_BC, onehot_BC, y_B.shape[0]), onehot_BC
@@ -103,18 +119,23 @@ def sal_layer_grads(layer, trace: LayerTrace, E_top_BC, onehot_BC, rule: SALRule
         if local:
             E_BC = E_top_BC + rule.lambda_local * _class_error(h_BO @ B_OC, onehot_BC, batch)
         grad_h_BO = E_BC @ B_OC.T
-    delta_BO = grad_h_BO * activation_grad(layer.spec.activation, u_BO, phi_BO)
+    W, b = layer.areas.weight, layer.areas.bias
+    # bf16: δ back to the parameter dtype, so the per-area sums (index_add_) run
+    # in float32 and only the x^T δ products are autocast
+    delta_BO = (grad_h_BO * activation_grad(layer.spec.activation, u_BO, phi_BO)).to(W.dtype)
     dW, db = routing.weight_grad(delta_BO)
+    dW, db = dW.to(W.dtype), db.to(b.dtype)
     if rule.area_grad_scale == "area" and routing.areas_B is not None:
         counts_N = torch.zeros_like(db[:, 0]).index_add_(
             0, routing.areas_B, torch.ones_like(delta_BO[:, 0]))
         scale_N = batch / counts_N.clamp(min=1)
         dW, db = dW * scale_N.view(-1, 1, 1), db * scale_N.view(-1, 1)
-    layer.areas.weight.grad, layer.areas.bias.grad = dW, db
+    W.grad, b.grad = dW, db
     if z_BF is not None:
         # Selector loss CE(z, y) with z as d_f logits; x is a constant here.
         onehot_BF = F.pad(onehot_BC, (0, z_BF.shape[1] - C))
-        layer.router.weight.grad = routing.x_BI.T @ _class_error(z_BF, onehot_BF, batch)
+        W_s = layer.router.weight
+        W_s.grad = (routing.x_BI.T @ _class_error(z_BF, onehot_BF, batch)).to(W_s.dtype)
 
 
 @torch.no_grad()
@@ -122,6 +143,7 @@ def sal_grads(net: Net, x_BI, y_B, rule: SALRule = SALRule()):
     # Split in three so that a layer-parallel worker (sal_ray.distributed.
     # layer_parallel) runs the same code on its block of layers.
     h, traces, all_areas = sal_forward(net.layers, x_BI, net.kernel)
+    h = full_precision(h)
     loss, E_top_BC, onehot_BC = sal_error(h, y_B, net.arch.n_classes)
     # Each layer's update depends on the others only through E_top.
     for layer, trace in zip(net.layers, traces):

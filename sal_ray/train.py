@@ -10,6 +10,7 @@ folder, so a failure mid-run loses nothing already finished.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -20,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from . import data as datasets
-from .config import Config, ConfigError, validate
+from .config import DEFAULTS, Config, ConfigError, validate
 from .models import Net, ParamCounts, build_net, param_counts
-from .rules import SALRule, backprop_grads, sal_grads
+from .rules import SALRule, backprop_grads, full_precision, sal_grads
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # A non-finite loss is looked for this often inside an epoch (one host sync each).
@@ -106,13 +107,27 @@ def build(cfg: Config) -> Run:
                counts=param_counts(net.arch, cfg.model.method), device=device)
 
 
+def autocast(cfg: Config, device_type: str):
+    """precision bf16: matmuls in bfloat16 over float32 weights; fp32: nothing."""
+    if cfg.run.precision == "bf16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def make_rule(cfg: Config) -> Callable:
-    """The method's gradient rule as `(net, x, y) -> (loss, logits, areas)`."""
+    """The method's gradient rule as `(net, x, y) -> (loss, logits, areas)`,
+    under `autocast` (so the data-parallel layout, which calls it, gets it too)."""
     if cfg.model.method == "sal":
         rule = SALRule(cfg.sal.lambda_local, cfg.sal.output_local, cfg.sal.area_grad_scale)
-        return lambda net, x, y: sal_grads(net, x, y, rule)
-    balance = cfg.model.moe_balance if cfg.model.method == "moe" else 0.0
-    return lambda net, x, y: backprop_grads(net, x, y, balance)
+        grads = lambda net, x, y: sal_grads(net, x, y, rule)  # noqa: E731
+    else:
+        balance = cfg.model.moe_balance if cfg.model.method == "moe" else 0.0
+        grads = lambda net, x, y: backprop_grads(net, x, y, balance)  # noqa: E731
+
+    def step(net, x, y):
+        with autocast(cfg, x.device.type):
+            return grads(net, x, y)
+    return step
 
 
 def make_optimizer(net: Net, cfg: Config) -> torch.optim.Optimizer:
@@ -143,7 +158,9 @@ def evaluate(run: Run, x, y) -> tuple[float, float]:
     correct = torch.zeros((), dtype=torch.long, device=run.device)
     for i in range(0, len(y), run.cfg.run.eval_batch_size):
         xb, yb = x[i:i + run.cfg.run.eval_batch_size], y[i:i + run.cfg.run.eval_batch_size]
-        logits, _ = run.net(xb)
+        with autocast(run.cfg, run.device.type):
+            logits, _ = run.net(xb)
+        logits = full_precision(logits)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
         correct += (logits.argmax(1) == yb).sum()
     n = max(len(y), 1)
@@ -213,8 +230,10 @@ def load_checkpoint(run: Run, folder: str) -> tuple[int, list]:
         return 0, []
     state = torch.load(path, map_location=run.device, weights_only=False)
     mine = run.cfg.to_flat()
-    differ = {k: (state["config"].get(k), v) for k, v in mine.items()
-              if k not in ("epochs", "device") and state["config"].get(k) != v}
+    # an option newer than the checkpoint counts as its default there
+    saved = {**DEFAULTS, **state["config"]}
+    differ = {k: (saved.get(k), v) for k, v in mine.items()
+              if k not in ("epochs", "device") and saved.get(k) != v}
     if differ:
         raise ConfigError(next(iter(differ)), f"checkpoint in {folder} was written by a "
                           f"different configuration: {differ}")
