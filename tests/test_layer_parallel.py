@@ -222,3 +222,10 @@ def test_layer_sizes_add_up_to_the_parameter_counts():
     for bad in ([0], [64], [10, 20], []):
         with pytest.raises(ValueError, match="boundaries"):
             lp.stage_bounds(arch, "sal", 2, bad)
+
+
+def test_bf16_is_refused_by_the_layer_layout():
+    from sal_ray.distributed.layer_parallel import check_layout
+    with pytest.raises(ConfigError) as info:
+        check_layout(Config().replace(precision="bf16"), "layer", 2)
+    assert info.value.option == "precision"

@@ -65,6 +65,9 @@ def check_layout(cfg: Config, layout: str, world: int | None = None) -> None:
         raise ConfigError("layout", f"layout='layer' needs a layer-local rule; method "
                           f"{cfg.model.method!r} trains by backpropagation through every layer, "
                           "which this layout does not run: use layout='data', or method 'sal'")
+    if getattr(cfg.run, "precision", "fp32") != "fp32":
+        raise ConfigError("precision", "layout='layer' runs its own step in float32 and does "
+                          f"not do {cfg.run.precision} yet: use precision='fp32', or layout='data'")
     if world is not None and world > cfg.model.depth:
         raise ConfigError("layout", f"layout='layer' gives every worker at least one layer; "
                           f"{world} workers for depth {cfg.model.depth}")
