@@ -1387,7 +1387,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     try:
         if not resume:
             _log_sweep_params(uri, parent, p)
-        results, grid = _execute(
+        results, records, sweep_path = _execute(
             p, uri, experiment_id, parent, max_concurrent, time_budget_s, storage, log_model,
             flush_every_s, verbose, say, resume=resume, max_failures=max_failures,
             checkpoint_every=checkpoint_every, callbacks=list(callbacks), layouts=layouts)
@@ -1398,7 +1398,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
             pass
         raise
     results.elapsed_s = time.perf_counter() - t0
-    _finish(results, grid, uri, say, table_by, finish_wait_s)
+    _finish(results, records, sweep_path, uri, say, table_by, finish_wait_s)
     return results
 
 
@@ -1435,14 +1435,28 @@ def _storage(storage_path) -> str:
     return str(Path(storage_path or Path.cwd() / "runs" / "ray").expanduser().resolve())
 
 
+def _is_sweep(folder: Path) -> bool:
+    """A Tune experiment folder: what `Tuner.restore` takes."""
+    return (folder / "tuner.pkl").is_file()
+
+
+def _sweeps_in(storage: str, pattern: str = "*") -> list[Path]:
+    """The sweep folders of a local storage folder whose names match `pattern`,
+    oldest first; none for a URI."""
+    if "://" in storage:
+        return []
+    return sorted((d for d in Path(storage).glob(pattern) if _is_sweep(d)),
+                  key=lambda d: d.stat().st_mtime)
+
+
 def _check_sweep_folder(storage: str, name: str, resume: bool) -> None:
     """A new sweep must not reuse a name; a resumed one must exist. Checked before
     anything starts (only for a local storage folder; a URI is Tune's to check)."""
     if "://" in storage:
         return
-    exists = (Path(storage) / name / "tuner.pkl").is_file()
+    exists = _is_sweep(Path(storage) / name)
     if resume and not exists:
-        there = sorted(d.name for d in Path(storage).glob("*") if (d / "tuner.pkl").is_file())
+        there = sorted(d.name for d in _sweeps_in(storage))
         raise ConfigError("resume", f"no sweep named '{name}' in {storage} to resume"
                           + (f"; sweeps there: {', '.join(there[-10:])}" if there else
                              " (it holds no sweep)"))
@@ -1604,9 +1618,10 @@ def _execute(p: Plan, uri, experiment_id, parent, max_concurrent, time_budget_s,
         grid = tuner.fit()
     if studies is None:  # restored: the searcher Tune restored holds the studies
         studies = _restored_studies(tuner)
-    df, best, pareto = _collect(p, _trial_records(grid, recorder))
+    records = _trial_records(grid, recorder)
+    df, best, pareto = _collect(p, records)
     return SweepResults(p.name, p, df, best, pareto, studies, uri, p.experiment,
-                        experiment_id, parent, 0.0), grid
+                        experiment_id, parent, 0.0), records, grid.experiment_path
 
 
 def _restored_studies(tuner) -> dict:
@@ -1707,13 +1722,12 @@ def _deliver_pending(records: list[dict], uri: str) -> tuple[int, int]:
     return done, left
 
 
-def _finish(res: SweepResults, grid, uri: str, say, table_by=None,
-            wait_s: float = 120.0) -> None:
+def _finish(res: SweepResults, records: list[dict], sweep_path: str, uri: str, say,
+            table_by=None, wait_s: float = 120.0) -> None:
     """Deliver what a tracking outage left pending, close runs a stopped or crashed
     trial left open, record the outcome on the sweep's parent run, print the table
     and how to look at it."""
     from . import tracking
-    records = _trial_records(grid)
     ended = int(res.trials.status.isin(["completed", "diverged", "failed", "stopped", "crashed"])
                 .sum()) if len(res.trials) else 0
     say("")
@@ -1726,7 +1740,7 @@ def _finish(res: SweepResults, grid, uri: str, say, table_by=None,
     if not _reach(uri, res.experiment_id, wait_s, say):
         say(f"\nsweep '{res.name}': {ended} of {res.plan.total_trials} trials ended, but the "
             f"MLflow store {tracking.redact(uri)} is away: their last records wait in the "
-            f"trial checkpoints under {grid.experiment_path}. Deliver them when "
+            f"trial checkpoints under {sweep_path}. Deliver them when "
             f"it is back: {resume_how}.")
         res.undelivered = True
         return
@@ -1891,8 +1905,7 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
 
 def _newest_sweep(storage: str, prefix: str) -> str:
     """The newest sweep named `prefix...` in a local storage folder (for --resume)."""
-    found = sorted((d for d in Path(storage).glob(f"{prefix}*") if (d / "tuner.pkl").is_file()),
-                   key=lambda d: d.stat().st_mtime) if "://" not in storage else []
+    found = _sweeps_in(storage, f"{prefix}*")
     if not found:
         raise ConfigError("resume", f"no sweep named {prefix}* in {storage} to resume; "
                           "name one: --resume NAME")
