@@ -11,17 +11,14 @@ import json
 import os
 import pathlib
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from mlflow_server import MLflowServer  # noqa: E402
 from test_dashboard_seed import TABLE2, SEEDS, seeded  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -82,45 +79,15 @@ def report(store, tmp_path_factory):
                     sweep="table2")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_ui(store, tmp_path_factory):
     """A real `mlflow server` on the seeded store, on 127.0.0.1, started the way
     `sal-ray ui` starts it; stopped (its whole process group) at the end."""
-    from sal_ray.report_cli import mlflow_server_command
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
-    cmd = mlflow_server_command(store["uri"], "127.0.0.1", port)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=tmp_path_factory.mktemp("mlflow-cwd"), start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = MLflowServer(store["uri"], tmp_path_factory.mktemp("mlflow-ui"))
     try:
-        deadline = time.monotonic() + 150
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server not up in 150 s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield url
+        yield server.start()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and the workers it spawned
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        server.stop()
 
 
 def screenshot(driver, name: str, full_page: bool = False) -> pathlib.Path:

@@ -14,13 +14,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,6 +28,11 @@ from sal_ray import Config, fit
 pytestmark = pytest.mark.ray
 mlflow = pytest.importorskip("mlflow")
 rt = pytest.importorskip("ray.tune")
+
+try:
+    from mlflow_server import MLflowServer
+except ImportError:  # tests/ as a package
+    from tests.mlflow_server import MLflowServer
 
 REPO = Path(__file__).resolve().parents[1]
 # small and deterministic; batch 4 makes an epoch ~360 steps, long enough to die in
@@ -185,54 +187,17 @@ def test_an_interrupted_sweep_resumes_without_rerunning_or_losing_anything(
 
 # ---- the tracking server goes away mid-sweep and comes back ------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real `mlflow server` on 127.0.0.1 over a SQLite store, stoppable and
-    restartable on the same port (the outage)."""
-
-    def __init__(self, folder: Path):
-        from sal_ray.report_cli import mlflow_server_command
-        self.port, self.folder = free_port(), folder
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = mlflow_server_command(f"sqlite:///{folder / 'mlflow.db'}", "127.0.0.1",
-                                         self.port) + ["--artifacts-destination",
-                                                       str(folder / "artifacts")]
-        self.proc = None
-
-    def start(self, timeout: float = 150):
-        log = open(self.folder / "server.log", "a")
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.folder, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2).read()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((self.folder / "server.log").read_text()[-3000:])
-                time.sleep(0.3)
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its workers
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+def outage_server(folder: Path) -> MLflowServer:
+    """A SQLite store served over HTTP, with its artifacts beside it."""
+    return MLflowServer(f"sqlite:///{folder / 'mlflow.db'}", folder,
+                        ("--artifacts-destination", str(folder / "artifacts")))
 
 
 class Outage(rt.Callback):
     """Stops the server at the first epoch-2 result; starts it again, in the
     background, `down_s` seconds later."""
 
-    def __init__(self, server: Server, down_s: float):
+    def __init__(self, server: MLflowServer, down_s: float):
         self.server, self.down_s = server, down_s
         self.stopped_at = self.back_at = None
         self.thread, self.results_while_down = None, 0
@@ -256,7 +221,7 @@ class Outage(rt.Callback):
 
 
 def test_a_tracking_outage_mid_sweep_loses_no_metric(ray_local, tmp_path):
-    server = Server(tmp_path)
+    server = outage_server(tmp_path)
     server.start()
     outage = Outage(server, down_s=6.0)
     epochs = 12
