@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures, page, tables
-from .store import RunSet, check_uri, load_runs, redact, resolve_uri
+from .store import RunSet, check_readable, load_runs, redact, resolve_uri
 
 log = logging.getLogger("dashboards")
 REPORT_NAME = "report.html"
@@ -47,7 +47,7 @@ def generate(experiments: list[str], out_dir, tracking_uri: str | None = None,
     if isinstance(experiments, str):
         experiments = [experiments]
     tracking_uri = resolve_uri(tracking_uri)
-    check_uri(tracking_uri)  # before anything is written: never a report of a typo
+    check_readable(tracking_uri)  # before anything is written: never a report of a typo
     out = Path(out_dir).resolve()
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
-import socket
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pandas as pd
+
+from sal_ray.tracking.store import (  # noqa: F401 - StoreError: raised to readers
+    StoreError, check_readable, redact, resolve_uri)
 
 log = logging.getLogger("dashboards")
 
@@ -60,63 +59,6 @@ class RunSet:
         self.notes.append(message)
 
 
-class StoreError(ValueError):
-    """The tracking URI cannot be read: the message names the option and why."""
-
-    def __init__(self, message: str):
-        super().__init__(f"option 'tracking_uri': {message}")
-        self.option = "tracking_uri"
-
-
-# URI schemes MLflow reads runs from (a '+driver' suffix is allowed: postgresql+psycopg2).
-STORE_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql",
-                 "databricks", "databricks-uc", "uc")
-
-
-def redact(text: str) -> str:
-    """Hide passwords in URIs (`scheme://user:password@host` -> `user:***@host`) in any
-    text: the password may hold '@'; it ends at the last '@' before the host."""
-    return re.sub(r"(\b[A-Za-z][\w+.-]*://[^/\s:@]+):[^/\s]*@", r"\1:***@", str(text))
-
-
-def check_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Raise StoreError, at once, when `uri` cannot hold runs to read: an unknown
-    scheme, a SQLite file or store folder that does not exist (a report or the UI
-    must never create an empty store), a server nothing answers on. Reads nothing."""
-    if not isinstance(uri, str) or not uri.strip():
-        raise StoreError(f"must be a non-empty URI; got {uri!r}")
-    if uri.split(":", 1)[0].lower() in ("databricks", "databricks-uc", "uc"):
-        return  # a hosted service: its client says what is wrong
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
-    if scheme and scheme.split("+", 1)[0] not in STORE_SCHEMES:
-        raise StoreError(f"unknown scheme '{scheme}' in {redact(uri)}; known: "
-                         + ", ".join(STORE_SCHEMES))
-    if scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        if not path or path == ":memory:":
-            raise StoreError(f"{redact(uri)} names no database file (sqlite:///<path>)")
-        if not Path(path).is_file():
-            raise StoreError(f"no MLflow store at {path}: the file does not exist (run a "
-                             "sweep first, or pass the store's URI)")
-    elif scheme in ("", "file"):
-        folder = Path(urlsplit(uri).path if scheme else uri).expanduser()
-        if not folder.is_dir():
-            raise StoreError(f"no MLflow store at {folder}: the folder does not exist")
-    elif scheme in ("http", "https"):
-        parts = urlsplit(uri)
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-        except ValueError:
-            raise StoreError(f"bad port in {redact(uri)}") from None
-        if not parts.hostname:
-            raise StoreError(f"{redact(uri)} names no host")
-        try:
-            socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
-        except OSError as e:
-            raise StoreError(f"cannot reach the MLflow server {redact(uri)}: "
-                             f"{e.strerror or e}") from None
-
-
 @contextlib.contextmanager
 def tracking(uri: str):
     """`mlflow.search_runs` reads the global tracking URI: set it for the
@@ -128,14 +70,6 @@ def tracking(uri: str):
         yield
     finally:
         mlflow.set_tracking_uri(before)
-
-
-def resolve_uri(tracking_uri: str | None) -> str:
-    """The given URI, else MLflow's own default ($MLFLOW_TRACKING_URI, then ./mlflow.db)."""
-    if tracking_uri:
-        return tracking_uri
-    import mlflow
-    return mlflow.get_tracking_uri()
 
 
 def parse_value(text):

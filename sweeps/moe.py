@@ -13,9 +13,8 @@ the MLflow UI.
 
 import sys
 
-from sal_ray.cli import run_main, study_args
 from sal_ray.config import DATASETS
-from sal_ray.sweep import run_script, script_parser
+from sal_ray.sweep import run_main, run_script, script_parser, study_args
 
 PROTOCOL = dict(arch="mlp", depth=2, width=256, routed="first", lr=1e-4, batch_size=16,
                 epochs=25)

@@ -18,9 +18,8 @@ of its final validation accuracy and losses, then how to open the MLflow UI
 
 import sys
 
-from sal_ray.cli import run_main, study_args
 from sal_ray.config import DATASETS
-from sal_ray.sweep import loguniform, run_script, script_parser
+from sal_ray.sweep import loguniform, run_main, run_script, script_parser, study_args
 
 SPACE = {"lr": loguniform(1e-5, 0.3), "n_areas": [1, 2, 4, 8, 16], "depth": [2, 4, 16],
          "width": [64, 128, 256, 512], "batch_size": [16, 64]}

@@ -23,7 +23,7 @@ class MLflowServer:
     """`backend_uri` served from `folder` (its cwd and `server.log`)."""
 
     def __init__(self, backend_uri: str, folder: Path, extra_args: tuple[str, ...] = ()):
-        from sal_ray.report_cli import mlflow_server_command
+        from sal_ray.cli.ui import mlflow_server_command
         self.port, self.folder = free_port(), Path(folder)
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = mlflow_server_command(backend_uri, "127.0.0.1", self.port) + list(extra_args)

@@ -25,8 +25,9 @@ import pytest
 import sal_ray
 from sal_ray import ConfigError
 from sal_ray import cli
-from sal_ray import report_cli
 from sal_ray import sweep as sw
+from sal_ray.cli import ui as ui_cli
+from sal_ray.sweep import runtime
 from sal_ray.data import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,8 +50,8 @@ def clean(monkeypatch, tmp_path):
 
     def refuse(*a, **k):
         raise AssertionError("bad input must not start anything")
-    monkeypatch.setattr(sw, "_init_ray", refuse)
-    monkeypatch.setattr(report_cli, "subprocess", SimpleNamespace(  # no mlflow server
+    monkeypatch.setattr(runtime, "init_ray", refuse)
+    monkeypatch.setattr(ui_cli, "subprocess", SimpleNamespace(  # no mlflow server
         Popen=refuse, TimeoutExpired=subprocess.TimeoutExpired))
     ray_was = _ray_initialized()
     yield cwd
@@ -178,7 +179,6 @@ TUNE = [
     ("lr", dict(space={"n_areas": [1, 4]}, fixed={**SMALL, "lr": "fast"}), ["must be a float"]),
     # the sweep's own arguments
     ("datasets", dict(datasets=["digitz"]), ["unknown dataset 'digitz'", f"known: {DIGITS}"]),
-    ("datasets", dict(datasets=["semeion"]), ["semeion", "not on disk"]),
     ("methods", dict(methods=["sgd"]), ["unknown method 'sgd'; known: sal, bp, moe"]),
     ("trials", dict(trials=0), ["positive integer; got 0"]),
     ("trials", dict(trials=2.5), ["positive integer; got 2.5"]),
@@ -210,12 +210,25 @@ def test_tune_refuses_before_ray_or_mlflow(option, kwargs, words, dry_run):
     names(info.value, option, *words)
 
 
+def test_data_not_on_disk_is_refused_for_a_local_run_and_noted_in_a_dry_run(capsys):
+    """A local run reads this machine's disk: missing data is refused before Ray.
+    A dry run may plan for a cluster, where trials check their own disk: it shows
+    the plan and says the data is not here."""
+    with pytest.raises(ConfigError) as info:
+        sal_ray.tune(verbose=0, fixed=SMALL, datasets=["semeion"])
+    names(info.value, "datasets", "semeion", "not on disk")
+    p = sal_ray.tune(verbose=1, fixed=SMALL, datasets=["semeion"], dry_run=True)
+    (note,) = p.notes
+    assert "semeion is not on this machine" in note and "not on disk" in note
+    assert "checked where trials run" in capsys.readouterr().out
+
+
 def test_bp_with_areas_fixed_for_the_study_runs_one_area_and_says_so():
     """Not an error, by design: a study fixes n_areas for all its methods (depth.py:
     4 areas) and bp, which has one area, runs with 1; the plan says so."""
     p = sal_ray.tune(methods=["bp"], space={"lr": [1e-3, 1e-2]}, fixed={**SMALL, "n_areas": 4},
                      dry_run=True, verbose=0)
-    (pair,) = p.pairs
+    (pair,) = p.studies
     assert pair.fixed["n_areas"] == 1 and "n_areas fixed to 1 for bp (was 4)" in pair.notes
     assert "n_areas fixed to 1 for bp" in p.describe()
 
@@ -344,7 +357,6 @@ SCRIPTS = [
     ("moe", ["--experiment", ""], "experiment", ["non-empty"]),
     ("depth", ["--name", "it's"], "name", ["without quotes"]),
     ("search", ["--verbose", "7"], "verbose", ["0, 1 or 2; got 7"]),
-    ("depth", ["--datasets", "semeion"], "datasets", ["semeion", "not on disk"]),
 ]
 
 
@@ -357,9 +369,20 @@ def test_study_scripts_refuse_naming_the_flag(name, argv, option, words, dry_run
         script(name)(full)
     text = names(info.value, option, *words)
     # as a command: one line, exit 2
-    assert cli.run_main(script(name), full, prog=f"{name}.py") == 2
+    assert sw.run_main(script(name), full, prog=f"{name}.py") == 2
     err = capsys.readouterr().err
     assert err == f"{name}.py: error: {text}\n"
+
+
+def test_study_script_refuses_data_not_on_disk_and_its_dry_run_notes_it(capsys):
+    with pytest.raises(ConfigError) as info:
+        script("depth")(["--datasets", "semeion"])
+    text = names(info.value, "datasets", "semeion", "not on disk")
+    assert sw.run_main(script("depth"), ["--datasets", "semeion"], prog="depth.py") == 2
+    assert capsys.readouterr().err == f"depth.py: error: {text}\n"
+    p = script("depth")(["--dry-run", "--datasets", "semeion"])
+    assert [s.dataset for s in p.studies] == ["semeion", "semeion"]
+    assert "semeion is not on this machine" in capsys.readouterr().out
 
 
 def test_study_script_argparse_errors_exit_2(capsys):

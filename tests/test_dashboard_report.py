@@ -288,7 +288,6 @@ def test_runs_with_missing_metrics_are_named_and_counted(store, broken_report):
     html = broken_report.path.read_text()
     assert "Data problems" in html and "broken-diverged" in html
 
-    from mlflow import MlflowClient
     client, runs = leaf_runs(store["uri"], "dash-broken")
     by_name = {r.data.tags["mlflow.runName"]: r for r in runs}
     nofinal = by_name["broken-nofinal"].info.run_id
@@ -340,9 +339,11 @@ def test_sweep_filter_without_matches(store, tmp_path):
 
 def parser():
     import argparse
-    from sal_ray import report_cli
+    from sal_ray.cli import report, ui
     p = argparse.ArgumentParser(prog="sal-ray")
-    report_cli.register(p.add_subparsers(dest="command", required=True))
+    sub = p.add_subparsers(dest="command", required=True)
+    report.register(sub)
+    ui.register(sub)
     return p
 
 
@@ -365,13 +366,14 @@ def test_cli_report_writes_the_page_and_exit_codes(store, tmp_path, capsys):
 
 
 def test_cli_ui_defaults_to_localhost_and_documents_exposure(tmp_path, monkeypatch, capsys):
-    from sal_ray import report_cli
+    from sal_ray.cli import ui
+    from sal_ray.tracking.store import resolve_uri
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert report_cli.default_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     args = parser().parse_args(["ui"])
     assert (args.host, args.port, args.tracking_uri) == ("127.0.0.1", 5000, None)
-    cmd = report_cli.mlflow_server_command("sqlite:////x/mlflow.db", "0.0.0.0", 5001, "a.org")
+    cmd = ui.mlflow_server_command("sqlite:////x/mlflow.db", "0.0.0.0", 5001, "a.org")
     assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"]
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
     assert cmd[cmd.index("--allowed-hosts") + 1] == "a.org"

@@ -6,7 +6,7 @@ import pytest
 
 from sal_ray.data import DATASETS_INFO
 from sal_ray.data import cache as data_cache
-from sal_ray.data.cli import register
+from sal_ray.cli.data import register
 
 try:
     from data_fixtures import write

@@ -7,8 +7,11 @@ from __future__ import annotations
 import pytest
 
 from sal_ray import Config, fit
-from sal_ray import tracking
-from sal_ray.outbox import Outbox
+from sal_ray.tracking import writes
+from sal_ray.tracking import store as tracking_store
+from sal_ray.tracking.sink import MLflowSink
+from sal_ray.train import Callback
+from sal_ray.tracking.outbox import Outbox
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -17,8 +20,8 @@ CFG = Config().replace(epochs=4, width=32, n_areas=4, batch_size=64, lr=0.05)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    uri = tracking.resolve_uri(f"sqlite:///{tmp_path_factory.mktemp('outbox') / 'mlflow.db'}")
-    return uri, tracking.check_store(uri, "outbox-test"), mlflow.MlflowClient(uri)
+    uri = tracking_store.resolve_uri(f"sqlite:///{tmp_path_factory.mktemp('outbox') / 'mlflow.db'}")
+    return uri, tracking_store.check_store(uri, "outbox-test"), mlflow.MlflowClient(uri)
 
 
 class Down:
@@ -27,7 +30,7 @@ class Down:
 
     def __init__(self, monkeypatch, partial: bool = False):
         self.down, self.partial, self.calls = False, partial, 0
-        real_metrics, real_params = tracking.log_metrics, tracking.log_params
+        real_metrics, real_params = writes.log_metrics, writes.log_params
 
         def log_metrics(run_id, metrics, uri):
             self.calls += 1
@@ -41,11 +44,11 @@ class Down:
             if self.down:
                 raise ConnectionError("store unreachable (test)")
             real_params(run_id, params, uri)
-        monkeypatch.setattr(tracking, "log_metrics", log_metrics)
-        monkeypatch.setattr(tracking, "log_params", log_params)
+        monkeypatch.setattr(writes, "log_metrics", log_metrics)
+        monkeypatch.setattr(writes, "log_params", log_params)
 
 
-class Outage(tracking.Callback):
+class Outage(Callback):
     """The store is down for the writes of epochs `at` to `back` - 1."""
 
     def __init__(self, down: Down, at: int, back: int):
@@ -64,7 +67,7 @@ def steps(client, run_id, key):
 def test_an_outage_mid_run_loses_and_doubles_nothing(store, monkeypatch, partial):
     uri, exp, client = store
     down = Down(monkeypatch, partial)
-    sink = tracking.MLflowRun(uri, exp, flush_every_s=0.0)
+    sink = MLflowSink(uri, exp, flush_every_s=0.0)
     # the outage callback runs first: epochs 1 and 2 are written while the store is down
     result = fit(CFG, [Outage(down, at=1, back=3), sink])
     assert result.status == "completed" and sink.outbox.pending == 0
@@ -80,7 +83,7 @@ def test_an_outage_mid_run_loses_and_doubles_nothing(store, monkeypatch, partial
 def test_writes_wait_while_the_store_is_down_and_training_goes_on(store, monkeypatch):
     uri, exp, client = store
     down = Down(monkeypatch)
-    sink = tracking.MLflowRun(uri, exp, flush_every_s=0.0)
+    sink = MLflowSink(uri, exp, flush_every_s=0.0)
     result = fit(CFG, [Outage(down, at=2, back=99), sink])  # never back during the run
     assert result.status == "completed" and len(result.history) == 4
     assert sink.outbox.pending > 0 and "unreachable" in sink.outbox.error
@@ -97,12 +100,12 @@ def test_a_restarted_process_takes_up_its_run(store, tmp_path):
     was pending and finishes the run: one run, every point once."""
     uri, exp, client = store
     box = Outbox(uri, exp, tmp_path / "outbox")
-    first = tracking.MLflowRun(uri, exp, key="outbox-test/trial_1/s0", outbox=box,
+    first = MLflowSink(uri, exp, key="outbox-test/trial_1/s0", outbox=box,
                                flush_every_s=3600)
     cfg = CFG.replace(epochs=2)
     ckpt = tmp_path / "trainer"
 
-    class SaveAt1(tracking.Callback):
+    class SaveAt1(Callback):
         def on_epoch(self, m):
             if m["epoch"] == 1:
                 box.save()  # the checkpoint: epoch 1's metrics are still pending
@@ -111,7 +114,7 @@ def test_a_restarted_process_takes_up_its_run(store, tmp_path):
 
     restored = Outbox.load(uri, tmp_path / "outbox")
     assert restored.pending > 0 and restored.uncertain
-    again = tracking.MLflowRun(uri, exp, key="outbox-test/trial_1/s0", outbox=restored,
+    again = MLflowSink(uri, exp, key="outbox-test/trial_1/s0", outbox=restored,
                                flush_every_s=0.0)
     # the epoch-1 checkpoint of the trainer is gone: resume from scratch with 4 epochs
     fit(CFG, [again])
@@ -125,12 +128,12 @@ def test_a_write_the_store_refuses_for_good_is_dropped_and_reported(store, monke
     uri, exp, client = store
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-    sink = tracking.MLflowRun(uri, exp, flush_every_s=0.0)
+    sink = MLflowSink(uri, exp, flush_every_s=0.0)
     fit(CFG.replace(epochs=1), [sink])
 
     def refuse(*a, **k):
         raise MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE)
-    monkeypatch.setattr(tracking, "log_tags", refuse)
+    monkeypatch.setattr(writes, "log_tags", refuse)
     sink.outbox.tags(sink.key, {"x": "y"})
     assert sink.outbox.deliver(force=True)
     assert sink.outbox.pending == 0 and "bad value" in sink.outbox.dropped[-1]

@@ -17,8 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from sal_ray import Config, cli, fit, report_cli
+from sal_ray import Config, cli, fit
 from sal_ray import sweep as sw
+from sal_ray.cli import ui as ui_cli
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD_URI = "postgresql://alice:s3cret@db.internal:5432/mlflow"
@@ -43,7 +44,7 @@ def launched(monkeypatch, tmp_path):
         def wait(self, timeout=None):
             return 0
 
-    monkeypatch.setattr(report_cli, "subprocess", SimpleNamespace(
+    monkeypatch.setattr(ui_cli, "subprocess", SimpleNamespace(
         Popen=Server, TimeoutExpired=subprocess.TimeoutExpired))
     return calls
 
@@ -86,13 +87,13 @@ def test_ui_keeps_a_store_password_off_the_command_line_and_the_console(launched
 
 def test_local_ray_starts_without_a_dashboard(monkeypatch):
     ray = pytest.importorskip("ray")
-    services = pytest.importorskip("ray._private.services")
+    runtime = pytest.importorskip("sal_ray.sweep.runtime")
     calls = []
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
-    monkeypatch.setattr(services, "find_bootstrap_address", lambda *a, **k: None)
-    sw._init_ray(None, 2)
+    monkeypatch.setattr(runtime.ray_compat, "cluster_on_this_machine", lambda: False)
+    runtime.init_ray(None, 2)
     (kw,) = calls
     assert kw["include_dashboard"] is False and kw["num_cpus"] == 2
     assert "address" not in kw  # a private, in-process Ray: never someone else's cluster
@@ -176,22 +177,22 @@ SENTINEL = "sentinel-9f3a7c"
 
 def test_secret_environment_variables_never_reach_mlflow(monkeypatch, tmp_path):
     mlflow = pytest.importorskip("mlflow")
-    from sal_ray import tracking
+    from sal_ray.sweep import parent as parent_run
+    from sal_ray.tracking import provenance, sink as sinks, store
     for i, name in enumerate(SECRET_ENV):
         monkeypatch.setenv(name, f"{SENTINEL}-{i}")
-    tracking.environment.cache_clear()  # computed now, with the variables set
-    tracking.code_version.cache_clear()
+    provenance.environment.cache_clear()  # computed now, with the variables set
+    provenance.code_version.cache_clear()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp = tracking.check_store(uri, "secrets")
+    exp = store.check_store(uri, "secrets")
     client = mlflow.MlflowClient(uri)
     # a training run, as `sal-ray train` and every trial record it
-    sink = tracking.MLflowRun(uri, exp, tags={"sweep": "unit"}, flush_every_s=0.0)
+    sink = sinks.MLflowSink(uri, exp, tags={"sweep": "unit"}, flush_every_s=0.0)
     fit(Config().replace(epochs=1, width=16, n_areas=2, batch_size=64), [sink])
     # a sweep's parent run: its tags and its settings
     plan = sw.plan(["digits"], ["sal", "bp"], {"lr": [1e-3, 1e-2]}, fixed={"epochs": 1},
                    sampler="grid", name="secrets")
-    parent = tracking.start_run(uri, exp, "secrets", {"sweep": "secrets", **tracking.run_tags()})
-    sw._log_sweep_params(uri, parent, plan)
+    parent = parent_run.open_parent(uri, exp, plan, str(tmp_path / "runs"))
     for run_id in (sink.run_id, parent):
         data = client.get_run(run_id).data
         logged = {**data.params, **data.tags, **{k: str(v) for k, v in data.metrics.items()}}
@@ -199,24 +200,24 @@ def test_secret_environment_variables_never_reach_mlflow(monkeypatch, tmp_path):
         leaks = {k: v for k, v in logged.items() if SENTINEL in k or SENTINEL in v}
         assert leaks == {}
         assert not [k for k in logged if any(n.lower() in k.lower() for n in SECRET_ENV)]
-    tracking.environment.cache_clear()
-    tracking.code_version.cache_clear()
+    provenance.environment.cache_clear()
+    provenance.code_version.cache_clear()
 
 
 # ---- a tracking URI's password is redacted where it is printed ---------------------------------
 
 def test_redaction_of_printed_uris():
-    from sal_ray import tracking
+    from sal_ray.tracking import store as tracking
     assert tracking.redact(PASSWORD_URI) == "postgresql://alice:***@db.internal:5432/mlflow"
     assert tracking.redact("sqlite:////x/mlflow.db") == "sqlite:////x/mlflow.db"
-    assert report_cli.redact(f"from {PASSWORD_URI} and {AT_PASSWORD_URI}") == \
+    assert tracking.redact(f"from {PASSWORD_URI} and {AT_PASSWORD_URI}") == \
         "from postgresql://alice:***@db.internal:5432/mlflow and https://bob:***@h/x"
     assert tracking.ui_command("http://alice:s3cret@mlflow:5000") == \
         "open http://alice:***@mlflow:5000 in a browser"
 
 
 def test_tracking_redacts_every_printed_uri():
-    from sal_ray import tracking
+    from sal_ray.tracking import store as tracking
     assert "s3cret" not in tracking.ui_command(PASSWORD_URI)  # the sweep's last line prints it
     assert "ss@" not in tracking.redact(AT_PASSWORD_URI)
 
@@ -237,7 +238,8 @@ def test_sweep_prints_and_raises_only_redacted_uris(monkeypatch, tmp_path, capsy
     from sal_ray import ConfigError
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(sw, "_init_ray", lambda *a: pytest.fail("Ray must not start"))
+    from sal_ray.sweep import runtime
+    monkeypatch.setattr(runtime, "init_ray", lambda *a: pytest.fail("Ray must not start"))
     with pytest.raises(ConfigError) as info:  # nothing listens on port 9
         sal_ray.tune(["digits"], ["sal"], {"lr": [1e-3, 1e-2]}, fixed={"epochs": 1},
                      sampler="grid", tracking_uri="http://alice:s3cret@127.0.0.1:9")

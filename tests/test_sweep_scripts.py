@@ -25,11 +25,11 @@ def plan(name: str, *argv: str) -> Plan:
 
 
 def fixed(p: Plan, method: str) -> dict:
-    return next(x.fixed for x in p.pairs if x.method == method)
+    return next(x.fixed for x in p.studies if x.method == method)
 
 
 def grid(p: Plan, method: str) -> list:
-    return next(x.grid for x in p.pairs if x.method == method)
+    return next(x.grid for x in p.studies if x.method == method)
 
 
 @pytest.mark.parametrize("name", ["convergence", "depth", "width", "moe", "search"])
@@ -39,12 +39,12 @@ def test_every_script_has_help_and_a_quick_plan(name, capsys):
     assert info.value.code == 0
     assert "--quick" in capsys.readouterr().out
     p = plan(name, "--quick")
-    assert {x.dataset for x in p.pairs} == {"digits"} and p.total_trials <= 60
+    assert {x.dataset for x in p.studies} == {"digits"} and p.total_trials <= 60
 
 
 def test_convergence_is_table_2():
     p = plan("convergence", "--datasets", "digits")
-    assert [x.method for x in p.pairs] == ["sal", "bp"] and p.seeds == 5
+    assert [x.method for x in p.studies] == ["sal", "bp"] and p.seeds == 5
     sal = fixed(p, "sal")
     assert {k: sal[k] for k in PAPER} == PAPER
     assert (sal["arch"], sal["depth"], sal["width"], sal["routed"]) == ("mlp", 2, 256, "first")
@@ -72,16 +72,16 @@ def test_depth_and_width_default_to_the_papers_four_datasets():
 
 def test_moe_pairs_sal_with_experts():
     p = plan("moe", "--datasets", "digits")
-    assert [x.method for x in p.pairs] == ["sal", "moe"]
+    assert [x.method for x in p.studies] == ["sal", "moe"]
     assert grid(p, "moe") == [{"n_areas": n} for n in (1, 2, 4, 8, 16)]
 
 
 def test_search_gives_each_method_the_same_budget():
     p = plan("search", "--datasets", "digits", "--trials", "7")
-    assert {x.budget for x in p.pairs} == {7} and len(p.pairs) == 3
+    assert {x.budget for x in p.studies} == {7} and len(p.studies) == 3
     assert p.sampler == "tpe" and p.scheduler["name"] == "asha"
-    assert "n_areas" not in next(x.space for x in p.pairs if x.method == "bp")
-    assert set(next(x.space for x in p.pairs if x.method == "sal")) == \
+    assert "n_areas" not in next(x.space for x in p.studies if x.method == "bp")
+    assert set(next(x.space for x in p.studies if x.method == "sal")) == \
         {"lr", "n_areas", "depth", "width", "batch_size"}
 
 
@@ -89,7 +89,7 @@ def test_command_line_overrides():
     p = plan("convergence", "--datasets", "digits", "--seeds", "2", "--epochs", "3",
              "--trials", "2", "--methods", "sal")
     assert p.seeds == 2 and fixed(p, "sal")["epochs"] == 3
-    assert [x.method for x in p.pairs] == ["sal"] and p.pairs[0].budget == 2
+    assert [x.method for x in p.studies] == ["sal"] and p.studies[0].budget == 2
 
 
 @pytest.mark.ray
@@ -132,10 +132,10 @@ def test_resume_finds_the_newest_sweep_of_the_study_or_says_there_is_none(tmp_pa
 
 def test_scripts_take_workers_and_a_layout_for_sal():
     from sal_ray.config import ConfigError
-    from sal_ray.sweep import _layouts
+    from sal_ray.sweep.checks import layouts
     p = plan("width", "--quick", "--workers-per-trial", "2", "--layout", "layer")
     assert p.resources["workers"] == 2
-    assert _layouts(p, {"sal": "layer"}) == {"sal": "layer", "bp": "data"}
+    assert layouts(p.studies, p.workers, {"sal": "layer"}) == {"sal": "layer", "bp": "data"}
     with pytest.raises(ConfigError) as info:  # bp alone cannot go layer-parallel
         plan("width", "--quick", "--methods", "bp", "--workers-per-trial", "2",
              "--layout", "layer")

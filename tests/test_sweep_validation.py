@@ -20,7 +20,7 @@ def no_ray(monkeypatch, tmp_path):
     """Starting Ray here is a bug; so is writing an MLflow store in the cwd."""
     def refuse(*a, **k):
         raise AssertionError("Ray must not start for bad input")
-    monkeypatch.setattr(sw, "_init_ray", refuse)
+    monkeypatch.setattr("sal_ray.sweep.runtime.init_ray", refuse)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -98,25 +98,25 @@ def test_plan_drops_what_a_method_cannot_use():
                      {"lr": sw.loguniform(1e-3, 1e-1), "n_areas": [1, 4], "lambda_local": [0.5, 1.0],
                       "moe_balance": [0.0, 0.01]},
                      fixed={**BASE}, trials=4, dry_run=True, verbose=0)
-    spaces = {x.method: set(x.space) for x in p.pairs}
+    spaces = {x.method: set(x.space) for x in p.studies}
     assert spaces == {"sal": {"lr", "n_areas", "lambda_local"}, "bp": {"lr"},
                       "moe": {"lr", "n_areas", "moe_balance"}}
-    assert {x.budget for x in p.pairs} == {4}  # identical budgets
-    bp = next(x for x in p.pairs if x.method == "bp")
+    assert {x.budget for x in p.studies} == {4}  # identical budgets
+    bp = next(x for x in p.studies if x.method == "bp")
     assert bp.fixed["n_areas"] == 1 and any("n_areas" in n for n in bp.notes)
 
 
 def test_bp_with_areas_fixed_elsewhere_runs_with_one_area():
     p = sal_ray.tune(["digits"], ["sal", "bp"], {"lr": [1e-3, 1e-2]}, fixed={**BASE, "n_areas": 4},
                      sampler="grid", dry_run=True, verbose=0)
-    fixed = {x.method: x.fixed["n_areas"] for x in p.pairs}
+    fixed = {x.method: x.fixed["n_areas"] for x in p.studies}
     assert fixed == {"sal": 4, "bp": 1}
-    assert [x.budget for x in p.pairs] == [2, 2]
+    assert [x.budget for x in p.studies] == [2, 2]
 
 
 def test_default_space_and_what_fixed_takes_out_of_it():
     p = sw.plan(["digits"], ["sal"], fixed={"width": 32})
-    (pair,) = p.pairs
+    (pair,) = p.studies
     assert set(pair.space) == {"n_areas", "lr", "depth"} and pair.fixed["width"] == 32
     assert pair.budget == sw.DEFAULT_TRIALS
     assert pair.space["lr"].log and pair.space["lr"].low < 1e-4 < pair.space["lr"].high
@@ -127,22 +127,22 @@ def test_default_space_and_what_fixed_takes_out_of_it():
 def test_grid_is_the_product_of_the_lists_and_trials_caps_it():
     p = sw.plan(["digits"], ["sal", "moe"], {"n_areas": [1, 2, 4], "lr": [1e-3, 1e-2]},
                 fixed=BASE, sampler="grid")
-    assert [len(x.grid) for x in p.pairs] == [6, 6]
-    assert {tuple(sorted(g.items())) for g in p.pairs[0].grid} == {
+    assert [len(x.grid) for x in p.studies] == [6, 6]
+    assert {tuple(sorted(g.items())) for g in p.studies[0].grid} == {
         (("lr", lr), ("n_areas", n)) for n in (1, 2, 4) for lr in (1e-3, 1e-2)}
     capped = sw.plan(["digits"], ["sal"], {"n_areas": [1, 2, 4]}, fixed=BASE, sampler="grid",
                      trials=2)
-    assert capped.pairs[0].budget == 2
+    assert capped.studies[0].budget == 2
 
 
 def test_gpu_share_sets_device_cuda():
     p = sw.plan(["digits"], ["sal"], {"lr": [1e-3, 1e-2]}, fixed=BASE, sampler="grid",
                 resources={"cpu": 2, "gpu": 0.25})
-    assert p.pairs[0].fixed["device"] == "cuda" and p.resources == {"cpu": 2, "gpu": 0.25}
+    assert p.studies[0].fixed["device"] == "cuda" and p.resources == {"cpu": 2, "gpu": 0.25}
 
 
 def test_run_names_read_well():
-    from sal_ray.tracking import default_name
+    from sal_ray.tracking.sink import default_run_name as default_name
     flat = {**sal_ray.Config().to_flat(), "n_areas": 16, "lr": 1e-3, "seed": 0}
     assert default_name(flat) == "sal-n16-lr1e-03-s0 digits"
     assert default_name({**flat, "depth": 4, "width": 256}, ["lr", "depth", "width"]) == \
@@ -150,7 +150,7 @@ def test_run_names_read_well():
 
 
 def test_importing_the_sweep_module_loads_no_engine():
-    code = ("import sys, sal_ray.sweep, sal_ray.tracking\n"
+    code = ("import sys, sal_ray.sweep, sal_ray.tracking.store\n"
             "bad = [m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

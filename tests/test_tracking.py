@@ -8,7 +8,9 @@ import pathlib
 import pytest
 
 from sal_ray import Config, fit
-from sal_ray import tracking
+from sal_ray.tracking import provenance, writes
+from sal_ray.tracking import store as tracking_store
+from sal_ray.tracking.sink import MLflowSink
 from sal_ray.train import build
 
 mlflow = pytest.importorskip("mlflow")
@@ -19,25 +21,25 @@ CFG = Config().replace(epochs=3, width=32, n_areas=4, batch_size=32, lr=0.05)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """One store for the module: creating a SQLite store runs MLflow's migrations (seconds)."""
-    uri = tracking.resolve_uri(f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}")
-    return uri, tracking.check_store(uri, "tracking-test"), mlflow.MlflowClient(uri)
+    uri = tracking_store.resolve_uri(f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}")
+    return uri, tracking_store.check_store(uri, "tracking-test"), mlflow.MlflowClient(uri)
 
 
 def test_resolve_uri_is_absolute(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.resolve_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert tracking.resolve_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path / 'rel' / 'x.db'}"
+    assert tracking_store.resolve_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking_store.resolve_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path / 'rel' / 'x.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
-    assert tracking.resolve_uri() == f"sqlite:///{tmp_path / 'env.db'}"
-    assert tracking.resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    cmd = tracking.ui_command(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert tracking_store.resolve_uri() == f"sqlite:///{tmp_path / 'env.db'}"
+    assert tracking_store.resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    cmd = tracking_store.ui_command(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert cmd.startswith("mlflow ui --backend-store-uri sqlite:////") and "--host 127.0.0.1" in cmd
 
 
 def test_a_run_records_params_metrics_tags_and_final(store):
     uri, exp, client = store
-    sink = tracking.MLflowRun(uri, exp, tags={"sweep": "unit"}, flush_every_s=0.0)
+    sink = MLflowSink(uri, exp, tags={"sweep": "unit"}, flush_every_s=0.0)
     result = fit(CFG, [sink])
     run = client.get_run(sink.run_id)
     expected = build(CFG).params()
@@ -63,9 +65,9 @@ def test_a_run_records_params_metrics_tags_and_final(store):
 def test_metrics_are_buffered(store, monkeypatch):
     uri, exp, client = store
     calls = []
-    real = tracking.log_metrics
-    monkeypatch.setattr(tracking, "log_metrics", lambda *a: (calls.append(len(a[1])), real(*a)))
-    sink = tracking.MLflowRun(uri, exp, flush_every_s=3600)
+    real = writes.log_metrics
+    monkeypatch.setattr(writes, "log_metrics", lambda *a: (calls.append(len(a[1])), real(*a)))
+    sink = MLflowSink(uri, exp, flush_every_s=3600)
     fit(CFG, [sink])
     assert len(calls) == 1  # three epochs and the final metrics in one write
 
@@ -74,16 +76,16 @@ def test_params_go_in_batches_and_long_values_are_cut(store):
     uri, exp, client = store
     extra = {f"extra_{i:03d}": i for i in range(250)}
     extra["long"] = "x" * 10_000
-    sink = tracking.MLflowRun(uri, exp, extra_params=extra)
+    sink = MLflowSink(uri, exp, extra_params=extra)
     fit(CFG.replace(epochs=1), [sink])
     params = client.get_run(sink.run_id).data.params
     assert all(params[k] == str(v) for k, v in extra.items() if k != "long")
-    assert params["long"] == "x" * tracking.MAX_PARAM_CHARS
+    assert params["long"] == "x" * writes.MAX_PARAM_CHARS
 
 
 def test_a_diverged_run_is_marked_and_has_no_final_metrics(store):
     uri, exp, client = store
-    sink = tracking.MLflowRun(uri, exp)
+    sink = MLflowSink(uri, exp)
     result = fit(Config().replace(method="bp", lr=1e3, width=32, epochs=2), [sink])
     assert result.status == "diverged"
     run = client.get_run(sink.run_id)
@@ -94,7 +96,7 @@ def test_a_diverged_run_is_marked_and_has_no_final_metrics(store):
 
 def test_close_ends_a_run_the_trainer_never_ended(store):
     uri, exp, client = store
-    sink = tracking.MLflowRun(uri, exp)
+    sink = MLflowSink(uri, exp)
     sink.open(CFG.to_flat())
     sink.close("stopped", "stopped by the scheduler")
     sink.close("crashed")  # a second ending is ignored
@@ -103,18 +105,18 @@ def test_close_ends_a_run_the_trainer_never_ended(store):
 
 
 def test_code_version_is_this_checkout():
-    v = tracking.code_version()
+    v = provenance.code_version()
     repo = pathlib.Path(__file__).resolve().parents[1]
     if (repo / ".git").exists():
         assert len(v["git_commit"]) == 40 and v["git_dirty"] in ("true", "false")
-    env = tracking.environment()
+    env = provenance.environment()
     assert env["version.python"] and env["hw.cpu_count"] == str(os.cpu_count())
 
 
 def test_store_check_creates_the_experiment_once(store):
     uri, _, client = store
-    first = tracking.check_store(uri, "exp 2")
-    assert tracking.check_store(uri, "exp 2") == first
+    first = tracking_store.check_store(uri, "exp 2")
+    assert tracking_store.check_store(uri, "exp 2") == first
     folder = pathlib.Path(uri[len("sqlite:///"):]).parent
     # next to the store, absolute, one folder per experiment
     assert client.get_experiment(first).artifact_location == \

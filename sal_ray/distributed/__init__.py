@@ -16,9 +16,9 @@ layout serves which method, and what has been measured where.
 """
 
 from .data_parallel import Group, fit, spawn, spawn_fit
-from .layer_parallel import gather_checkpoint
+from .layer_parallel import check_layout, gather_checkpoint
 
-__all__ = ["Group", "fit", "spawn", "spawn_fit", "gather_checkpoint", "fit_distributed",
+__all__ = ["Group", "check_layout", "fit", "spawn", "spawn_fit", "gather_checkpoint", "fit_distributed",
            "DistributedRunResult"]
 
 

@@ -20,8 +20,7 @@ Never twice, although a killed process may have sent anything up to its death:
   midway is "uncertain": its params already in the store are skipped, and each
   metric point is sent only if the store lacks that (key, step).
 
-MLflow is reached through `tracking`'s helpers, imported lazily: this module is
-orchestration, never imported by the core.
+This module is orchestration, never imported by the core.
 """
 
 from __future__ import annotations
@@ -33,6 +32,11 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from mlflow.entities import Metric
+
+from . import writes
+from .store import client, redact, with_retry
 
 OUTBOX_FILE = "outbox.json"
 # Waits between delivery attempts after a failure: 1, 2, 4 ... capped here (s).
@@ -48,7 +52,6 @@ def _permanent(err: Exception) -> bool:
 
 
 def _reason(err: Exception) -> str:
-    from .tracking import redact
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return redact(text)[:300]
 
@@ -115,7 +118,7 @@ class Outbox:
         self.ops.append({"op": "end", "key": key, "status": status, "message": message})
 
     def absorb(self, state: dict) -> None:
-        """Take over another outbox's undelivered writes (`MLflowRun.state_for_caller`
+        """Take over another outbox's undelivered writes (`MLflowSink.state_for_caller`
         of a sink that ran in a worker process); its runs are uncertain here."""
         self.run_ids.update(state.get("run_ids", {}))
         self.ops += state.get("ops", [])
@@ -160,59 +163,53 @@ class Outbox:
             shutil.rmtree((self.folder / op["file"]).parent, ignore_errors=True)
 
     def _send(self, op: dict) -> None:
-        from . import tracking
         key, kind = op["key"], op["op"]
         if kind == "create":
             if key not in self.run_ids:
                 self._create(op)
             return
         run_id = self.run_ids[key]  # its create op came first
-        c = tracking.client(self.uri)
+        c = client(self.uri)
         if kind == "reopen":
-            tracking.log_tags(run_id, {"status": "running"}, self.uri)
-            tracking.with_retry(c.update_run, run_id, status="RUNNING")
+            writes.log_tags(run_id, {"status": "running"}, self.uri)
+            with_retry(c.update_run, run_id, status="RUNNING")
         elif kind == "params":
             params = op["params"]
             if key in self.uncertain:
-                have = tracking.with_retry(c.get_run, run_id).data.params
+                have = with_retry(c.get_run, run_id).data.params
                 params = {k: v for k, v in params.items() if k not in have}
-            tracking.log_params(run_id, params, self.uri)
+            writes.log_params(run_id, params, self.uri)
         elif kind == "metrics":
             self._send_metrics(key, run_id, op["metrics"])
         elif kind == "tags":
-            tracking.log_tags(run_id, op["tags"], self.uri)
+            writes.log_tags(run_id, op["tags"], self.uri)
         elif kind == "artifact":
-            tracking.with_retry(c.log_artifact, run_id, str(self.folder / op["file"]),
-                                op["artifact_path"])
+            with_retry(c.log_artifact, run_id, str(self.folder / op["file"]),
+                       op["artifact_path"])
         elif kind == "end":
-            tracking.set_status(run_id, op["status"], self.uri, op["message"])
+            writes.set_status(run_id, op["status"], self.uri, op["message"])
 
     def _create(self, op: dict) -> None:
-        from . import tracking
-        c = tracking.client(self.uri)
-        found = tracking.with_retry(c.search_runs, [self.experiment_id],
-                                    filter_string=f"tags.run_key = '{op['key']}'", max_results=1)
+        found = with_retry(client(self.uri).search_runs, [self.experiment_id],
+                           filter_string=f"tags.run_key = '{op['key']}'", max_results=1)
         if found:  # an earlier process created it: take it up, never make a second one
             self.run_ids[op["key"]] = found[0].info.run_id
             self.uncertain.add(op["key"])
             return
-        self.run_ids[op["key"]] = tracking.start_run(
+        self.run_ids[op["key"]] = writes.start_run(
             self.uri, self.experiment_id, op["name"], {**op["tags"], "run_key": op["key"]},
             op["parent"])
 
     def _send_metrics(self, key: str, run_id: str, rows: list) -> None:
-        from mlflow.entities import Metric
-
-        from . import tracking
         if key in self.uncertain:
-            c = tracking.client(self.uri)
+            c = client(self.uri)
             for name in {r[0] for r in rows}:
                 if (key, name) not in self._steps:
-                    history = tracking.with_retry(c.get_metric_history, run_id, name)
+                    history = with_retry(c.get_metric_history, run_id, name)
                     self._steps[(key, name)] = {m.step for m in history}
             rows = [r for r in rows if r[3] not in self._steps[(key, r[0])]]
-        tracking.log_metrics(run_id, [Metric(k, float(v), int(t), int(s)) for k, v, t, s in rows],
-                             self.uri)
+        writes.log_metrics(run_id, [Metric(k, float(v), int(t), int(s)) for k, v, t, s in rows],
+                           self.uri)
         for k, _, _, s in rows:
             if (key, k) in self._steps:
                 self._steps[(key, k)].add(int(s))

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from .loading import DataError, dataset_folder, load, status
-from .registry import DATASETS_INFO
+from ..data.loading import DataError, dataset_folder, load, status
+from ..data.registry import DATASETS_INFO
 
 
 def register(subparsers) -> argparse.ArgumentParser:

@@ -1,0 +1,184 @@
+"""Running a planned sweep: the store and Ray, the parent run, Ray Tune's Tuner
+(fresh, or restored on resume), and the end of it: writes an outage left pending
+delivered, runs a stopped trial left open closed, the outcome and the tables on
+the parent run. `driver.tune` calls `run_sweep` once its checks have passed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable
+
+import ray
+from ray import tune as rt
+from ray.tune.schedulers import ASHAScheduler
+
+from ..tracking import store
+from ..tracking.sink import FLUSH_EVERY_S
+from . import parent, ray_compat, runtime
+from .console import SweepProgress
+from .delivery import deliver_pending, wait_for_store
+from .options import RunOptions
+from .plan import Plan
+from .results import SweepResults, best_and_pareto, trial_records, trials_table
+from .searcher import StudySearcher
+from .storage import sweep_folder
+from .trial import run_trial
+from .trial_state import TrialContext
+
+ENDED = ["completed", "diverged", "failed", "stopped", "crashed"]
+
+
+def run_sweep(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable,
+              t0: float) -> SweepResults:
+    uri = store.resolve_uri(opts.tracking_uri)
+    echo(p.describe())
+    echo(f"tracking: {store.redact(uri)}, experiment '{p.experiment}'")
+    experiment_id = runtime.start_store_and_ray(uri, p.experiment, opts.address, opts.num_cpus)
+    if opts.resume:
+        parent_id = parent.reopen_parent(uri, experiment_id, p, echo)
+    else:
+        parent_id = parent.open_parent(uri, experiment_id, p, storage)
+    try:
+        res, records, sweep_path = fit_tuner(p, opts, uri, experiment_id, parent_id, storage,
+                                             layouts, echo)
+    except BaseException as e:
+        parent.mark_crashed(uri, parent_id, e)
+        raise
+    res.elapsed_s = time.perf_counter() - t0
+    finish(res, records, sweep_path, uri, echo, opts)
+    return res
+
+
+def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id: str,
+                storage: str, layouts: dict) -> tuple[TrialContext, dict, int | None]:
+    """The trials' context, the resources Tune places per trial, and the cap on
+    concurrent trials."""
+    ctx = TrialContext(p.name, uri, experiment_id, parent_id,
+                       fixed={s.key: s.fixed for s in p.studies},
+                       searched={s.key: tuple(s.space) for s in p.studies},
+                       metrics=p.metrics, modes=p.modes, seeds=p.seeds, base_seed=p.base_seed,
+                       log_model=opts.log_model,
+                       flush_every_s=FLUSH_EVERY_S if opts.flush_every_s is None
+                       else opts.flush_every_s,
+                       checkpoint_every=opts.checkpoint_every)
+    resources = {k: v for k, v in p.resources.items() if (v or k == "cpu") and k != "workers"}
+    max_concurrent = opts.max_concurrent
+    if p.workers > 1:
+        # the trial only drives its TorchTrainer, whose workers ask for the
+        # resources; trials beyond what the cluster can place at once would hold
+        # their drivers while their workers wait (docs/engines.md): cap them
+        ctx = dataclasses.replace(
+            ctx, workers=p.workers, layouts=dict(layouts), worker_cpu=p.resources["cpu"],
+            worker_gpu=p.resources["gpu"], train_storage=sweep_folder(storage, p.name) + "/train")
+        # (Tune refuses an empty request: a token of memory stands for "nothing")
+        resources = {"cpu": 0, "memory": 2 ** 20}
+        have = ray.cluster_resources()
+        fits = int(have.get("CPU", 1) // (p.workers * p.resources["cpu"]))
+        if p.resources["gpu"]:
+            fits = min(fits, int(have.get("GPU", 0) // p.workers))
+        max_concurrent = max(1, min(max_concurrent or fits, fits))
+    return ctx, resources, max_concurrent
+
+
+def asha(p: Plan, settings: dict) -> ASHAScheduler:
+    """ASHA over seed-epochs (training_iteration counts every epoch of every seed)."""
+    max_t = p.seeds * p.max_epochs
+    settings = {k: v for k, v in settings.items() if k != "name"}
+    settings.setdefault("grace_period", max(1, max_t // 4))
+    settings.setdefault("reduction_factor", 3)
+    return ASHAScheduler(time_attr="training_iteration", metric=f"mean_{p.metrics[0]}",
+                         mode=p.modes[0], max_t=max_t, stop_last_trials=False, **settings)
+
+
+def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id: str,
+              storage: str, layouts: dict, echo: Callable):
+    ctx, resources, max_concurrent = trial_setup(p, opts, uri, experiment_id, parent_id,
+                                                 storage, layouts)
+    progress = SweepProgress(p, echo)
+    trainable = rt.with_resources(rt.with_parameters(run_trial, ctx=ctx), resources)
+    # Tune's own per-trial files would repeat what MLflow holds; they cost a write per epoch
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if opts.resume:
+        # Tune's restore: its experiment state and our searcher's studies come back;
+        # unfinished and errored trials continue from their last checkpoints
+        with runtime.QuietEngines(opts.verbose):
+            tuner = rt.Tuner.restore(sweep_folder(storage, p.name), trainable,
+                                     resume_unfinished=True, resume_errored=True)
+        ray_compat.replace_callbacks(tuner, [progress, *opts.callbacks])
+        searcher = None
+    else:
+        with runtime.QuietEngines(opts.verbose):
+            searcher = StudySearcher(p)
+        scheduler = asha(p, p.scheduler) if isinstance(p.scheduler, dict) else p.scheduler
+        tuner = rt.Tuner(
+            trainable,
+            tune_config=rt.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                      num_samples=p.total_trials, reuse_actors=True,
+                                      max_concurrent_trials=max_concurrent,
+                                      time_budget_s=opts.time_budget_s),
+            run_config=rt.RunConfig(
+                name=p.name, storage_path=storage, callbacks=[progress, *opts.callbacks],
+                verbose=0 if opts.verbose < 2 else 1,
+                failure_config=rt.FailureConfig(max_failures=opts.max_failures),
+                # the latest is all a restart needs; older ones only cost disk
+                checkpoint_config=rt.CheckpointConfig(num_to_keep=1)))
+    with runtime.QuietEngines(opts.verbose):
+        grid = tuner.fit()
+    if searcher is None:  # restored: the searcher Tune restored holds the studies
+        searcher = ray_compat.restored_search_alg(tuner)
+    studies = getattr(searcher, "studies", {})
+    records = trial_records(grid, progress)
+    df = trials_table(p, records)
+    best, pareto = best_and_pareto(p, df, records, studies)
+    return SweepResults(p.name, p, df, best, pareto, studies, uri, p.experiment,
+                        experiment_id, parent_id, 0.0), records, grid.experiment_path
+
+
+def finish(res: SweepResults, records: list[dict], sweep_path: str, uri: str, echo: Callable,
+           opts: RunOptions) -> None:
+    """Deliver what a tracking outage left pending, close runs a stopped or crashed
+    trial left open, record the outcome on the sweep's parent run, print the table
+    and how to look at it."""
+    ended = int(res.trials.status.isin(ENDED).sum()) if len(res.trials) else 0
+    echo("")
+    echo(res.table())
+    if opts.table_by:
+        echo("")
+        echo(res.grid(opts.table_by))
+    resume_how = (f"sal_ray.tune(<same arguments>, name='{res.name}', resume=True), or the "
+                  f"sweep script with --resume {res.name}")
+    if not wait_for_store(uri, res.experiment_id, opts.finish_wait_s, echo):
+        echo(f"\nsweep '{res.name}': {ended} of {res.plan.total_trials} trials ended, but the "
+             f"MLflow store {store.redact(uri)} is away: their last records wait in the "
+             f"trial checkpoints under {sweep_path}. Deliver them when "
+             f"it is back: {resume_how}.")
+        res.undelivered = True
+        return
+    delivered, left = deliver_pending(records, uri)
+    if delivered:
+        echo(f"delivered {delivered} MLflow write(s) a tracking outage had left pending")
+    res.undelivered = left > 0
+    children = parent.child_runs(uri, res.experiment_id, res.name, res.parent_run_id)
+    status = dict(zip(res.trials.trial_id, res.trials.status)) if len(res.trials) else {}
+    parent.close_open_children(uri, children, status)
+    # the run ids of every trial, from the store: a trial whose store was away when
+    # it reported could not name them
+    by_trial = parent.run_ids_by_trial(children)
+    if len(res.trials):
+        res.trials["mlflow_run_ids"] = [",".join(by_trial.get(t, [])) for t in res.trials.trial_id]
+        for b in res.best.values():
+            b["mlflow_run_ids"] = ",".join(by_trial.get(b["trial_id"], []))
+    # fewer trials than planned: Ctrl-C or time_budget_s ended the sweep early
+    outcome = "completed" if ended >= res.plan.total_trials else "interrupted"
+    parent.close_parent(uri, res, outcome, ended, opts.table_by)
+    echo(f"\nsweep '{res.name}' {'done' if outcome == 'completed' else 'INTERRUPTED'} in "
+         f"{res.elapsed_s:.0f} s; {ended} of {res.plan.total_trials} trials in MLflow "
+         f"experiment '{res.experiment}'.")
+    if outcome != "completed":
+        echo(f"Resume it: {resume_how}.")
+    if res.undelivered:
+        echo(f"{left} MLflow write(s) are still pending in trial checkpoints; resume to deliver.")
+    echo(f"Open the MLflow UI:  {store.ui_command(uri)}")
+    echo(f"  then filter runs:  tags.sweep = '{res.name}'")

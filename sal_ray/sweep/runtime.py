@@ -1,0 +1,98 @@
+"""Starting the engines: the tracking store and Ray, and keeping their console
+output to what a user needs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import optuna
+import ray
+
+from ..tracking import store
+from . import ray_compat
+
+# Tune's and Train's INFO lines repeat what our lines say
+ENGINE_LOGGERS = ("ray.tune", "ray.train")
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Use a running Ray; else connect to `address` / $RAY_ADDRESS / a `ray start`
+    cluster on this machine (that is `ray submit` on the head node); else start
+    Ray locally, in-process, without its dashboard."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"logging_level": "WARNING", "log_to_driver": True}
+    if address:
+        ray.init(address=address, **quiet)
+    elif ray_compat.cluster_on_this_machine():
+        ray.init(address="auto", **quiet)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+
+
+def on_cluster(address: str | None) -> bool:
+    """Whether trials run on a cluster rather than this machine's local Ray."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return True
+    if ray.is_initialized():
+        return len(ray.nodes()) > 1
+    return ray_compat.cluster_on_this_machine()
+
+
+def start_store_and_ray(uri: str, experiment: str, address, num_cpus) -> str:
+    """Reach the tracking store, then start (or join) Ray; returns the experiment id.
+
+    A server is asked before Ray starts, so a wrong address fails at once. A new
+    SQLite store spends seconds on MLflow's schema migrations: once its folder is
+    known to be there, that runs in a thread while Ray starts. Either way a store
+    that cannot be used raises ConfigError before any trial."""
+    if not store.is_sqlite(uri):
+        experiment_id = store.check_store(uri, experiment)
+        init_ray(address, num_cpus)
+        return experiment_id
+    store.check_sqlite_folder(uri)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-store") as pool:
+        pending = pool.submit(store.check_store, uri, experiment)
+        try:
+            init_ray(address, num_cpus)
+        finally:
+            experiment_id = pending.result()
+    return experiment_id
+
+
+class QuietEngines:
+    """Tune's own console output and warnings off unless verbose >= 2 (our lines say
+    what happens); Optuna's per-study info lines off. Restored on exit."""
+
+    def __init__(self, verbose: int):
+        self.verbose = verbose
+
+    def __enter__(self):
+        self.optuna_level = optuna.logging.get_verbosity()
+        if self.verbose < 2:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.env = {k: os.environ.get(k) for k in ("RAY_AIR_NEW_OUTPUT", "RAY_TQDM_PATCH_PRINT")}
+        os.environ["RAY_TQDM_PATCH_PRINT"] = "0"  # leave the caller's print alone
+        self.levels = {n: logging.getLogger(n).level for n in ENGINE_LOGGERS}
+        self.warn = warnings.catch_warnings()
+        self.warn.__enter__()
+        if self.verbose < 2:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter honours verbose=0
+            for n in ENGINE_LOGGERS:
+                logging.getLogger(n).setLevel(logging.ERROR)
+            warnings.simplefilter("ignore", DeprecationWarning)
+
+    def __exit__(self, *exc):
+        optuna.logging.set_verbosity(self.optuna_level)
+        for key, value in self.env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for n, level in self.levels.items():
+            logging.getLogger(n).setLevel(level)
+        self.warn.__exit__(*exc)

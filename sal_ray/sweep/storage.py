@@ -1,0 +1,58 @@
+"""Tune's storage: where a sweep's folder lives, and which sweeps a folder holds.
+A sweep folder is what `Tuner.restore` takes (it holds `tuner.pkl`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ConfigError
+
+
+def storage_path(path) -> str:
+    """Where Tune keeps the sweep (trial checkpoints, experiment state): a URI as is,
+    else an absolute folder (default ./runs/ray)."""
+    if path is not None and "://" in str(path):
+        return str(path)
+    return str(Path(path or Path.cwd() / "runs" / "ray").expanduser().resolve())
+
+
+def sweep_folder(storage: str, name: str) -> str:
+    return storage.rstrip("/") + "/" + name
+
+
+def is_sweep(folder: Path) -> bool:
+    return (folder / "tuner.pkl").is_file()
+
+
+def sweeps_in(storage: str, pattern: str = "*") -> list[Path]:
+    """The sweep folders of a local storage folder whose names match `pattern`,
+    oldest first; none for a URI."""
+    if "://" in storage:
+        return []
+    return sorted((d for d in Path(storage).glob(pattern) if is_sweep(d)),
+                  key=lambda d: d.stat().st_mtime)
+
+
+def check_sweep_folder(storage: str, name: str, resume: bool) -> None:
+    """A new sweep must not reuse a name; a resumed one must exist. Checked before
+    anything starts (only for a local storage folder; a URI is Tune's to check)."""
+    if "://" in storage:
+        return
+    exists = is_sweep(Path(storage) / name)
+    if resume and not exists:
+        there = sorted(d.name for d in sweeps_in(storage))
+        raise ConfigError("resume", f"no sweep named '{name}' in {storage} to resume"
+                          + (f"; sweeps there: {', '.join(there[-10:])}" if there else
+                             " (it holds no sweep)"))
+    if not resume and exists:
+        raise ConfigError("name", f"a sweep named '{name}' already exists in {storage}; "
+                          "resume it (resume=True, scripts: --resume) or choose another name")
+
+
+def newest_sweep(storage: str, prefix: str) -> str:
+    """The newest sweep named `prefix...` in a local storage folder (for --resume)."""
+    found = sweeps_in(storage, f"{prefix}*")
+    if not found:
+        raise ConfigError("resume", f"no sweep named {prefix}* in {storage} to resume; "
+                          "name one: --resume NAME")
+    return found[-1].name

@@ -1,0 +1,253 @@
+"""What runs inside a Tune trial: one configuration, every seed in order, each
+seed its own MLflow run; Tune hears the running mean over seeds after every epoch.
+
+    run_trial(config, ctx)     the Tune function trainable (tune.with_parameters)
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import tempfile
+import threading
+import weakref
+from dataclasses import dataclass
+
+import torch
+from ray import tune as rt
+
+from ..config import Config, ConfigError
+from ..data import DataError
+from ..distributed import fit_distributed, gather_checkpoint
+from ..tracking import store
+from ..tracking.sink import MLflowSink, default_run_name
+from ..tracking.writes import metric_list
+from ..train import CHECKPOINT_NAME, Callback, fit
+from .trial_state import TrialContext, TrialFolder, config_key, run_key, trial_summary
+
+
+def penalty(mode: str) -> float:
+    """The objective value of a trial that did not complete: the worst there is."""
+    return -math.inf if mode == "max" else math.inf
+
+
+def tune_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """What Tune hears per epoch: everything but the per-area shares (MLflow has those)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("area_share.")}
+
+
+def running_means(ctx: TrialContext, prior: list[dict], now: dict) -> dict[str, float]:
+    """`mean_<metric>`: the finished seeds' final values and the current seed's
+    current value, averaged. Every trial runs its seeds in the same order, so ASHA
+    compares like with like at each rung."""
+    return {f"mean_{m}": (sum(p[m] for p in prior) + now[m]) / (len(prior) + 1)
+            for m in ctx.metrics if m in now}
+
+
+class TuneReporter(Callback):
+    """Reports each epoch of one seed to Tune, with the running means over seeds,
+    and a checkpoint every `ctx.checkpoint_every` epochs."""
+
+    def __init__(self, ctx: TrialContext, seed_index: int, folder: TrialFolder, common: dict):
+        self.ctx, self.seed_index, self.folder, self.common = ctx, seed_index, folder, common
+        self.counts: dict = {}
+        self.epochs = 0
+        self.last: dict | None = None
+
+    def on_start(self, run) -> None:
+        self.counts = run.counts.as_dict()
+        self.epochs = run.cfg.optim.epochs
+        if run.history:  # resumed: what the last report said, should none follow
+            self.last = self.payload(run.history[-1])
+
+    def payload(self, m: dict) -> dict:
+        now = {**self.counts, **m}
+        return {**tune_metrics(m), **self.counts, **self.common, "seed_index": self.seed_index,
+                "trial_status": "running", **running_means(self.ctx, self.folder.prior, now)}
+
+    def on_epoch(self, m: dict) -> None:
+        self.last = self.payload(m)
+        epoch = int(m["epoch"])
+        if self.seed_index == self.ctx.seeds - 1 and epoch >= self.epochs:
+            return  # the trial reports its last epoch itself, after the model is logged
+        every = self.ctx.checkpoint_every
+        keep = every > 0 and (epoch % every == 0 or epoch >= self.epochs)
+        rt.report(self.last, checkpoint=self.folder.checkpoint() if keep else None)
+
+
+@dataclass
+class SeedMeans:
+    """What Tune hears from a multi-worker trial's epochs (applied on the workers):
+    the same keys a one-process trial reports, running means over seeds included."""
+    ctx: TrialContext
+    prior: list
+    common: dict
+    seed_index: int
+
+    def __call__(self, m: dict) -> dict:
+        return {**tune_metrics(m), **self.common, "seed_index": self.seed_index,
+                "trial_status": "running", **running_means(self.ctx, self.prior, m)}
+
+
+_TRIAL_THREADS: weakref.WeakSet = weakref.WeakSet()
+_JOIN_AT_EXIT = False
+
+
+def _join_trial_threads() -> None:
+    """At a worker's exit, let trial threads finish unwinding first. A trial the
+    scheduler stopped leaves its thread through SystemExit, freeing tensors; if the
+    interpreter finalises meanwhile (Tune ends the actor), the thread dies inside
+    torch's deallocator and the process aborts with SIGABRT."""
+    for thread in list(_TRIAL_THREADS):
+        if thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+
+def run_trial(config: dict, ctx: TrialContext) -> None:
+    """One Tune trial: the configuration `config` for every seed, in order, from
+    where its last checkpoint left it (if Tune restarted it)."""
+    global _JOIN_AT_EXIT
+    if not _JOIN_AT_EXIT:
+        _JOIN_AT_EXIT = bool(atexit.register(_join_trial_threads))
+    _TRIAL_THREADS.add(threading.current_thread())
+    store.fail_fast_http()  # an unreachable server must not hold training up
+    # one "Checkpoint successfully created" line per epoch per trial is noise
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    folder = TrialFolder(ctx, rt.get_checkpoint())
+    try:
+        run_seeds(config, ctx, folder, rt.get_context().get_trial_id())
+    finally:
+        folder.remove()
+
+
+def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: str) -> None:
+    dataset, method = config["dataset"], config["method"]
+    key = f"{dataset}/{method}"
+    searched = {k: v for k, v in config.items() if k not in ("dataset", "method")}
+    flat = {**ctx.fixed[key], **searched}
+    cfg_key = config_key(flat)
+    common = {"dataset": dataset, "method": method}
+    keys = [run_key(ctx.sweep, trial_id, ctx.base_seed + i) for i in range(ctx.seeds)]
+
+    def run_ids(n: int) -> str:
+        return ",".join(folder.outbox.run_ids.get(k, "") for k in keys[:n])
+
+    reporter = None
+    for i in range(folder.seed_index, ctx.seeds):
+        seed = ctx.base_seed + i
+        cfg_flat = {**flat, "seed": seed}
+        sink = MLflowSink(
+            ctx.tracking_uri, ctx.experiment_id, parent_run_id=ctx.parent_run_id,
+            run_name=default_run_name(cfg_flat, ctx.searched[key]),
+            tags={"sweep": ctx.sweep, "trial": trial_id, "config": cfg_key,
+                  "seed_index": i, "seeds": ctx.seeds,
+                  "searched": ",".join(ctx.searched[key])},
+            flush_every_s=ctx.flush_every_s, key=keys[i], outbox=folder.outbox, fail_fast=True)
+        seed_common = {**common, "seed": seed, "config": cfg_key}
+        reporter = TuneReporter(ctx, i, folder, seed_common)
+        try:
+            if ctx.workers > 1:
+                result = fit_on_workers(ctx, cfg_flat, sink, folder, trial_id,
+                                        SeedMeans(ctx, list(folder.prior), seed_common, i))
+            else:
+                result = fit(Config.from_flat(cfg_flat), [sink, reporter],
+                             checkpoint_dir=str(folder.trainer_dir)
+                             if ctx.checkpoint_every > 0 else None,
+                             checkpoint_every=max(ctx.checkpoint_every, 1))
+        except (ConfigError, DataError) as e:
+            # the trainer refused this configuration: record it, tell Optuna FAIL
+            if not sink.opened:
+                sink.open({**cfg_flat})
+            sink.close("failed", str(e))
+            rt.report({**common, "trial_status": "failed", "message": str(e)[:500],
+                       "mlflow_run_ids": run_ids(i + 1)}, checkpoint=folder.checkpoint())
+            return
+        except BaseException as e:
+            # SystemExit: the scheduler stopped this trial inside tune.report
+            sink.close("stopped" if isinstance(e, SystemExit) else "crashed",
+                       "stopped by the scheduler" if isinstance(e, SystemExit)
+                       else f"{type(e).__name__}: {e}"[:500])
+            raise
+        if result.status != "completed":
+            rt.report({**(reporter.last or {}), **common, "trial_status": result.status,
+                       "message": result.message,
+                       **{f"mean_{m}": penalty(mo) for m, mo in zip(ctx.metrics, ctx.modes)},
+                       "mlflow_run_ids": run_ids(i + 1)}, checkpoint=folder.checkpoint())
+            return
+        weights = None
+        if ctx.log_model != "none":
+            weights = result.net.state_dict() if result.net is not None else \
+                checkpoint_weights(getattr(result, "checkpoint_path", None))
+        folder.seed_done({**result.counts, **result.final, "seed": seed}, weights)
+    final = trial_summary(folder.prior, ctx.metrics)
+    log_trial_summary(ctx, folder, keys[:len(folder.prior)], final, common)
+    folder.outbox.deliver(force=True)
+    last = reporter.last if reporter is not None and reporter.last else {}
+    rt.report({**last, **common, **final, "trial_status": "completed",
+               "mlflow_run_ids": run_ids(ctx.seeds)}, checkpoint=folder.checkpoint())
+
+
+def fit_on_workers(ctx: TrialContext, cfg_flat: dict, sink: MLflowSink, folder: TrialFolder,
+                   trial_id: str, means: SeedMeans):
+    """One seed on `ctx.workers` Ray Train workers (a TorchTrainer driven from this
+    trial). Its epochs reach Tune from rank 0 (Train's Tune callback); the MLflow
+    sink runs on rank 0 and hands back what it could not deliver. The Train run's
+    name is stable per (trial, seed): a restarted trial resumes it."""
+    seed = cfg_flat["seed"]
+    result = fit_distributed(
+        Config.from_flat(cfg_flat), ctx.workers, use_gpu=ctx.worker_gpu > 0,
+        storage_path=ctx.train_storage, name=f"{trial_id}-s{seed}", callbacks=[sink],
+        verbose=False, cpus_per_worker=ctx.worker_cpu,
+        layout=ctx.layouts.get(cfg_flat["method"], "data"),
+        report_metrics=means)
+    for state in result.callback_states or []:
+        folder.outbox.absorb(state)
+    if result.status != "completed" and not result.message:
+        result.message = "the workers ended without completing the run"
+    return result
+
+
+def checkpoint_weights(folder: str | None):
+    """The net's state dict from a multi-worker run's last checkpoint (core format;
+    a layer-parallel one is gathered from its stage files)."""
+    if not folder:
+        return None
+    path = os.path.join(folder, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        with tempfile.TemporaryDirectory() as tmp:
+            gather_checkpoint(folder, tmp)
+            return torch.load(os.path.join(tmp, CHECKPOINT_NAME), map_location="cpu",
+                              weights_only=True)["net"]
+    return torch.load(path, map_location="cpu", weights_only=True)["net"]
+
+
+def log_trial_summary(ctx: TrialContext, folder: TrialFolder, keys: list[str], final: dict,
+                      common: dict) -> None:
+    """Every seed run gets its trial's mean ± std (`trial_*`); the model weights go to
+    MLflow when they are the best of their (dataset, method) so far, or always.
+    All through the trial's outbox: a store that is away gets them later."""
+    m0 = ctx.metrics[0]
+    trial_metrics = {f"trial_{k}": v for k, v in final.items() if k.startswith("final_")}
+    trial_metrics[f"trial_objective_{m0}"] = final[f"mean_{m0}"]
+    for key in keys:
+        folder.outbox.metrics(key, metric_list(trial_metrics, 0))
+    if not folder.weights:
+        return
+    if ctx.log_model == "best":
+        op = ">" if ctx.modes[0] == "max" else "<"
+        try:
+            better = store.with_retry(
+                store.client(ctx.tracking_uri).search_runs, [ctx.experiment_id],
+                filter_string=(f"tags.sweep = '{ctx.sweep}' and tags.dataset = "
+                               f"'{common['dataset']}' and tags.method = '{common['method']}' "
+                               f"and metrics.trial_objective_{m0} {op} {final[f'mean_{m0}']!r}"),
+                max_results=1)
+        except Exception:  # noqa: BLE001 - store away: keep the weights, they may be the best
+            better = []
+        if better:
+            return
+    for key, rel in zip(keys, folder.weights):
+        folder.outbox.artifact(key, str(folder.work / rel), "model")
+        folder.outbox.tags(key, {"model_logged": "true"})

@@ -1,0 +1,136 @@
+"""What a trial carries: the driver's context, and its progress in one folder that
+is also its Tune checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune as rt
+
+from ..tracking.outbox import Outbox
+
+# Final metrics summarised as mean ± std over seeds in the trials table.
+FINAL_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss", "wall_time_s", "samples_per_s")
+
+
+@dataclass
+class TrialContext:
+    """What every trial needs from the driver (shipped once with tune.with_parameters)."""
+    sweep: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    fixed: dict[str, dict]       # study key -> fixed options
+    searched: dict[str, tuple]   # study key -> searched option names
+    metrics: tuple
+    modes: tuple
+    seeds: int
+    base_seed: int
+    log_model: str
+    flush_every_s: float
+    checkpoint_every: int = 1
+    workers: int = 1             # > 1: each seed trains on Ray Train workers
+    layouts: dict = field(default_factory=dict)  # method -> parallel layout ("data")
+    worker_cpu: float = 1.0
+    worker_gpu: float = 0.0
+    train_storage: str = ""      # where the Train runs of multi-worker trials live
+
+
+def trial_status(result: dict | None, error: bool = False) -> str:
+    """completed | diverged | failed | stopped | crashed, from a trial's last result."""
+    if error:
+        return "crashed"
+    status = (result or {}).get("trial_status")
+    if status in ("completed", "diverged", "failed"):
+        return status
+    return "stopped" if result else "crashed"
+
+
+def config_key(flat: dict[str, Any]) -> str:
+    """A short id of a configuration without its seed: groups the seeds of a trial."""
+    text = json.dumps({k: v for k, v in sorted(flat.items()) if k != "seed"}, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def run_key(sweep: str, trial_id: str, seed: int) -> str:
+    """Names one seed's MLflow run across processes (tag `run_key`): a restarted
+    trial finds its run by it instead of making a second one."""
+    return f"{sweep}/{trial_id}/s{seed}"
+
+
+def trial_summary(finals: list[dict], metrics: tuple) -> dict[str, float]:
+    """Mean and std over seeds of the final metrics, and the objectives' means."""
+    out = {}
+    for k in FINAL_KEYS:
+        values = [f[k] for f in finals if k in f]
+        if values:
+            out[f"final_{k}_mean"] = statistics.fmean(values)
+            out[f"final_{k}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    for m in metrics:
+        out[f"mean_{m}"] = statistics.fmean(f[m] for f in finals)
+    return out
+
+
+class TrialFolder:
+    """A trial's progress in one folder, which is also its Tune checkpoint:
+
+        trial.json         seeds done, their final metrics, weights saved
+        trainer/           the current seed's trainer checkpoint (train.fit's)
+        weights/           state dicts of the seeds done (logged at the end)
+        outbox/            MLflow writes not yet delivered (tracking.outbox)
+
+    A trial Tune restarts (its process was killed, or the sweep resumed) starts
+    from the folder its last report carried: the seeds done are not run again,
+    the current seed continues from its last epoch, its MLflow run is taken up."""
+
+    FILE = "trial.json"
+
+    def __init__(self, ctx: TrialContext, checkpoint=None):
+        self.work = Path(tempfile.mkdtemp(prefix="sal-trial-"))
+        self.seed_index, self.prior, self.weights = 0, [], []
+        self.outbox = Outbox(ctx.tracking_uri, ctx.experiment_id, self.work / "outbox")
+        if checkpoint is not None:
+            checkpoint.to_directory(str(self.work))
+            data = json.loads((self.work / self.FILE).read_text())
+            self.seed_index, self.prior, self.weights = (data["seed_index"], data["prior"],
+                                                         data["weights"])
+            if Outbox.saved_in(self.work / "outbox"):
+                self.outbox = Outbox.load(ctx.tracking_uri, self.work / "outbox")
+
+    @property
+    def trainer_dir(self) -> Path:
+        return self.work / "trainer"
+
+    def seed_done(self, final: dict, weights: Any = None) -> None:
+        """Seed finished: its metrics and weights are kept, its trainer checkpoint goes
+        (the next seed starts from scratch in the same folder)."""
+        self.prior.append(final)
+        if weights is not None:
+            (self.work / "weights").mkdir(exist_ok=True)
+            rel = f"weights/state_dict_s{final.get('seed', self.seed_index)}.pt"
+            torch.save(weights, self.work / rel)
+            self.weights.append(rel)
+        shutil.rmtree(self.trainer_dir, ignore_errors=True)
+        self.seed_index += 1
+
+    def checkpoint(self) -> rt.Checkpoint:
+        """The folder as a Tune checkpoint (Tune copies it to the sweep's storage)."""
+        self.outbox.save()
+        path = self.work / self.FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"seed_index": self.seed_index, "prior": self.prior,
+                                   "weights": self.weights}))
+        os.replace(tmp, path)
+        return rt.Checkpoint.from_directory(str(self.work))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)

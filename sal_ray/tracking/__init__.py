@@ -1,0 +1,9 @@
+"""MLflow tracking, by stage: nothing is imported here, so `sal_ray.tracking.store`
+(URIs and redaction) loads without MLflow.
+
+- `store`: the one URI resolver and redactor; reaching the store; the client.
+- `writes`: params, tags, metrics, run status, in MLflow's batch limits.
+- `provenance`: code version, libraries and hardware, as run tags.
+- `outbox`: writes that wait out an outage and are never sent twice.
+- `sink`: `MLflowSink`, the trainer callback recording one run through an outbox.
+"""
