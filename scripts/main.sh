@@ -7,4 +7,4 @@ bash scripts/install.sh all
 if [ -f sweeps/search.py ]; then
   exec .venv/bin/python sweeps/search.py --quick "$@"
 fi
-exec .venv/bin/python benchmarks/reproduce_digits.py "$@"
+exec .venv/bin/python benchmarks/reproduce.py "$@"

@@ -1,5 +1,6 @@
 """Writers of tiny datasets in each dataset's genuine on-disk format, laid out
-where torchvision looks for them under `<root>/<name>/`.
+where torchvision looks for them: under `<root>/<name>/` (the project's layout)
+or under `<root>` itself (torchvision's own layout, `write(..., layout=...)`).
 
 Each writer takes the dataset folder and a numpy Generator and returns what it
 wrote, in plain form, so tests can compute the expected preprocessing
@@ -36,7 +37,7 @@ def _labels(rng, n, classes):
 
 def write_cifar10(folder: Path, rng, per_batch=3, n_test=4):
     base = folder / "cifar-10-batches-py"
-    base.mkdir(parents=True)
+    base.mkdir(parents=True, exist_ok=True)
     xs, ys = [], []
     for i in range(1, 6):
         x, y = _rgb(rng, per_batch, 32), _labels(rng, per_batch, 10)
@@ -66,7 +67,7 @@ def _idx(path: Path, array: np.ndarray):
 
 def _write_mnist_like(folder: Path, rng, cls_dir: str, n_train=12, n_test=6):
     raw = folder / cls_dir / "raw"
-    raw.mkdir(parents=True)
+    raw.mkdir(parents=True, exist_ok=True)
     out = {}
     for split, prefix, n in (("train", "train", n_train), ("val", "t10k", n_test)):
         x, y = _gray(rng, n, 28), _labels(rng, n, 10)
@@ -87,7 +88,7 @@ def write_fashion_mnist(folder, rng):
 def write_svhn(folder: Path, rng, n_train=10, n_test=5):
     from scipy.io import savemat
 
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for split, fname, n in (("train", "train_32x32.mat", n_train), ("val", "test_32x32.mat", n_test)):
         x, y = _rgb(rng, n, 32), _labels(rng, n, 10)
@@ -100,7 +101,7 @@ def write_svhn(folder: Path, rng, n_train=10, n_test=5):
 
 def write_stl10(folder: Path, rng, n_train=10, n_test=5):
     base = folder / "stl10_binary"
-    base.mkdir(parents=True)
+    base.mkdir(parents=True, exist_ok=True)
     out = {}
     for split, prefix, n in (("train", "train", n_train), ("val", "test", n_test)):
         x, y = _rgb(rng, n, 96), _labels(rng, n, 10)
@@ -115,7 +116,7 @@ def write_pcam(folder: Path, rng, sizes=(("train", 6), ("valid", 4), ("test", 5)
     import h5py
 
     base = folder / "pcam"
-    base.mkdir(parents=True)
+    base.mkdir(parents=True, exist_ok=True)
     out = {}
     for split, n in sizes:
         x, y = _rgb(rng, n, 96), _labels(rng, n, 2)
@@ -134,7 +135,7 @@ USPS_LEVELS = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
 
 
 def write_usps(folder: Path, rng, n_train=12, n_test=6):
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for split, fname, n in (("train", "usps.bz2", n_train), ("val", "usps.t.bz2", n_test)):
         v = USPS_LEVELS[rng.integers(0, len(USPS_LEVELS), (n, 256))]
@@ -149,7 +150,7 @@ def write_usps(folder: Path, rng, n_train=12, n_test=6):
 
 
 def write_semeion(folder: Path, rng, n=60):
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     bits = rng.integers(0, 2, (n, 256))
     y = _labels(rng, n, 10)
     onehot = np.eye(10, dtype=int)[y]
@@ -161,7 +162,7 @@ def write_semeion(folder: Path, rng, n=60):
 
 def write_fer2013(folder: Path, rng, n_train=8, n_public=3, n_private=3):
     base = folder / "fer2013"
-    base.mkdir(parents=True)
+    base.mkdir(parents=True, exist_ok=True)
     rows, out = [], {}
     for usage, n in (("Training", n_train), ("PublicTest", n_public), ("PrivateTest", n_private)):
         x, y = _gray(rng, n, 48), _labels(rng, n, 7)
@@ -189,8 +190,41 @@ WRITERS = {
 }
 
 
-def write(name: str, root: Path, seed: int = 0):
-    """Write dataset `name` under `root/<name>/`; returns (written, n_samples)."""
-    written = WRITERS[name](Path(root) / name, np.random.default_rng(seed))
+def write(name: str, root: Path, seed: int = 0, layout: str = "project"):
+    """Write dataset `name` under `root/<name>/` (layout "project") or as
+    torchvision's class lays it out under `root` (layout "torchvision");
+    returns (written, n_samples)."""
+    folder = Path(root) / name if layout == "project" else Path(root)
+    written = WRITERS[name](folder, np.random.default_rng(seed))
     n = sum(len(y) for _, y in written.values())
     return written, n
+
+
+# ---- what the usual torchvision pipeline would give, computed independently ----
+
+def expected_pixels(images: np.ndarray) -> np.ndarray:
+    """(n, h, w[, 3]) uint8 -> (n, h*w) float32 via PIL and torchvision transforms
+    (PIL convert('L') -> ToTensor -> Normalize(0.5, 0.5) -> flatten)."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    rows = []
+    for img in images:
+        pil = Image.fromarray(img)
+        if img.ndim == 3:
+            pil = pil.convert("L")
+        t = TF.normalize(TF.to_tensor(pil), [0.5], [0.5])
+        rows.append(t.reshape(-1).numpy())
+    return np.stack(rows)
+
+
+def expected_splits(written):
+    """{"train"/"val": (pixels float32 (n, D), labels)} from a writer's return."""
+    from sklearn.model_selection import train_test_split
+
+    if "all" in written:  # no official split: stratified 80/20, random_state 0
+        x, y = written["all"]
+        i_tr, i_va = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y,
+                                      random_state=0)
+        written = {"train": (x[i_tr], y[i_tr]), "val": (x[i_va], y[i_va])}
+    return {s: (expected_pixels(x), y) for s, (x, y) in written.items()}

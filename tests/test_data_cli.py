@@ -35,6 +35,29 @@ def test_list_shows_every_dataset_and_presence(tmp_path, capsys):
     assert out.splitlines()[0].split()[:4] == ["name", "classes", "samples", "input"]
 
 
+def test_list_names_partial_datasets_and_the_layout(tmp_path, capsys):
+    write("usps", tmp_path)
+    (tmp_path / "usps" / "usps.bz2").unlink()  # the test file stays, the train file goes
+    write("mnist", tmp_path, layout="torchvision")
+    write("svhn", tmp_path, layout="torchvision")
+    (tmp_path / "train_32x32.mat").unlink()
+    rc, out, _ = run(["data", "list", "--root", str(tmp_path)], capsys)
+    assert rc == 0
+    on_disk = {line.split()[0]: line.split(None, 5)[5] for line in out.splitlines()[1:]}
+    assert on_disk["usps"] == "partial: missing usps.bz2"
+    assert on_disk["mnist"] == "raw files (torchvision layout)"
+    assert on_disk["svhn"] == "partial (torchvision layout): missing train_32x32.mat"
+    assert on_disk["cifar10"] == "missing"
+
+
+def test_prepare_names_the_folder_it_read(tmp_path, capsys):
+    _, n = write("usps", tmp_path, layout="torchvision")
+    rc, out, err = run(["data", "prepare", "usps", "--root", str(tmp_path), "--no-verify-md5",
+                        "--expect", f"usps={n}"], capsys)
+    assert rc == 0, err
+    assert out.rstrip().endswith(f" s, {tmp_path.resolve()} (torchvision layout)")
+
+
 def test_prepare_reports_a_wrong_count(tmp_path, capsys):
     _, n = write("semeion", tmp_path)
     rc, out, err = run(["data", "prepare", "semeion", "--root", str(tmp_path),

@@ -1,49 +1,25 @@
 """Every file-backed dataset through its real loading path (torchvision class ->
 gray -> normalise -> cache), from tiny files in the genuine on-disk formats.
 
-Expected values are computed here the way the usual torchvision pipeline does
-it (PIL convert('L') -> ToTensor -> Normalize(0.5, 0.5) -> flatten), not with
-the package's own code. No test touches the network.
+Expected values are computed in tests/data_fixtures.py the way the usual
+torchvision pipeline does it (PIL convert('L') -> ToTensor -> Normalize(0.5,
+0.5) -> flatten), not with the package's own code. No test touches the network.
 """
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from sklearn.model_selection import train_test_split
-from torchvision.transforms import functional as TF
 
 from sal_ray.data import DATASETS_INFO, DataError, load, status
 from sal_ray.data import cache as data_cache
 from sal_ray.data import sources
 
 try:
-    from data_fixtures import WRITERS, write
+    from data_fixtures import WRITERS, expected_splits, write
 except ImportError:  # tests/ as a package
-    from tests.data_fixtures import WRITERS, write
+    from tests.data_fixtures import WRITERS, expected_splits, write
 
 FILE_BACKED = [n for n in DATASETS_INFO if n != "digits"]
-
-
-def expected_pixels(images: np.ndarray) -> np.ndarray:
-    """(n, h, w[, 3]) uint8 -> (n, h*w) float32 via PIL and torchvision transforms."""
-    rows = []
-    for img in images:
-        pil = Image.fromarray(img)
-        if img.ndim == 3:
-            pil = pil.convert("L")
-        t = TF.normalize(TF.to_tensor(pil), [0.5], [0.5])
-        rows.append(t.reshape(-1).numpy())
-    return np.stack(rows)
-
-
-def expected_splits(name, written):
-    if "all" in written:  # no official split: stratified 80/20, random_state 0
-        x, y = written["all"]
-        i_tr, i_va = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y,
-                                      random_state=0)
-        written = {"train": (x[i_tr], y[i_tr]), "val": (x[i_va], y[i_va])}
-    return {s: (expected_pixels(x), y) for s, (x, y) in written.items()}
 
 
 def test_every_file_backed_dataset_has_a_fixture():
@@ -68,7 +44,7 @@ def test_load_real_format(name, tmp_path):
 
     s = load(name, root=str(tmp_path), expected_samples=n, verify_md5=False)
 
-    want = expected_splits(name, written)
+    want = expected_splits(written)
     assert (s.name, s.n_classes, s.input_dim) == (name, meta.n_classes, meta.input_dim)
     for split, x, y in (("train", s.x_train, s.y_train), ("val", s.x_val, s.y_val)):
         wx, wy = want[split]
@@ -151,5 +127,5 @@ def test_fer2013_icml_file_accepted(tmp_path):
     (base / "fer2013.csv").unlink()
     assert len(lines) == n + 1
     s = load("fer2013", root=str(tmp_path), expected_samples=n, verify_md5=False)
-    want = expected_splits("fer2013", written)
+    want = expected_splits(written)
     np.testing.assert_allclose(s.x_val.numpy(), want["val"][0], atol=1e-6)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..data.loading import DataError, dataset_folder, load, status
+from ..data.loading import DataError, describe_source, load, status
 from ..data.registry import DATASETS_INFO
 
 
@@ -86,10 +86,9 @@ def cmd_prepare(args, out=None, err=None) -> int:
             failed.append(name)
             print(f"FAILED {name}: {exc}", file=err)
             continue
-        where = dataset_folder(name, args.root) if DATASETS_INFO[name].needs_files else "scikit-learn"
         print(f"ok {name}: {s.n_samples:,} samples (train {len(s.y_train):,}, "
               f"val {len(s.y_val):,}), input {s.input_dim}, {s.n_classes} classes, "
-              f"{time.perf_counter() - t0:.1f} s, {where}", file=out)
+              f"{time.perf_counter() - t0:.1f} s, {describe_source(name, args.root)}", file=out)
     if failed:
         print(f"{len(failed)} of {len(names)} failed: {', '.join(failed)}", file=err)
         return 1

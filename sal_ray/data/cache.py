@@ -126,6 +126,11 @@ def _problem(blob, meta: DatasetInfo, split: str, source) -> str | None:
     if n and (int(y.min()) < 0 or int(y.max()) >= meta.n_classes):
         return "labels out of range"
     if source and blob.get("source") != source:
+        old = sorted(blob.get("source") or ())
+        if old != sorted(source):
+            # e.g. built from the project layout's files, now torchvision's are found
+            return (f"it was built from other raw files ({', '.join(old) or 'none recorded'}) "
+                    f"than those found now ({', '.join(sorted(source))})")
         return "the raw files changed since it was written"
     return None
 

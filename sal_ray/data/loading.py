@@ -1,6 +1,7 @@
 """`load(name)` -> `Splits`: the one entry point the trainer uses.
 
-Flow: resolve the data root -> use the verified on-disk cache if there is one ->
+Flow: resolve the data root -> find the raw files (the project's layout, then
+torchvision's: `layouts`) -> use the verified on-disk cache if there is one ->
 otherwise read the raw files through torchvision, preprocess, check the sample
 count against the spec, write the cache atomically.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cache, sources
+from . import cache, layouts, sources
 from .preprocess import normalise_pixels, stratified_split, zscore_fit
 from .registry import DATASETS_INFO, SPLIT_SEED, VAL_FRACTION, DatasetInfo
 
@@ -62,8 +63,16 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def dataset_folder(name: str, root: str | os.PathLike | None = None) -> Path:
-    """Where `name`'s files go: `<root>/<name>/` (the root given to torchvision)."""
+    """`<root>/<name>/`: where the project layout keeps `name`'s files (the root
+    given to torchvision), where downloads go, and where the cache lives,
+    whichever layout the raw files were found in."""
     return data_root(root) / info(name).folder
+
+
+def raw_files(name: str, root: str | os.PathLike | None = None) -> layouts.FileSet | None:
+    """The complete set of raw files `load` would read (first in the search
+    order of `layouts`), or None; no file is read."""
+    return layouts.locate(info(name), data_root(root))
 
 
 def load(name: str, root: str | None = None, download: bool = False, *,
@@ -81,28 +90,28 @@ def load(name: str, root: str | None = None, download: bool = False, *,
         splits = _load_digits()
         _check_count(meta, splits.n_samples, expected_samples)
         return splits
-    arrays = _cached_or_built(meta, dataset_folder(name, root), download,
-                              expected_samples, verify_md5)
+    arrays = _cached_or_built(meta, data_root(root), download, expected_samples, verify_md5)
     (x_tr, y_tr), (x_va, y_va) = arrays["train"], arrays["val"]
     return Splits(name, normalise_pixels(x_tr), y_tr, normalise_pixels(x_va), y_va,
                   n_classes=meta.n_classes, input_dim=meta.input_dim)
 
 
-def _cached_or_built(meta: DatasetInfo, folder: Path, download: bool,
+def _cached_or_built(meta: DatasetInfo, root: Path, download: bool,
                      expected: int | None, verify_md5: bool):
-    files = complete_file_set(meta, folder)
-    source = cache.fingerprint(folder, files) if files else None
-    cached = cache.read(meta, folder, source)
+    home = root / meta.folder  # the cache's folder, whichever layout the files are in
+    found = layouts.locate(meta, root)
+    cached = cache.read(meta, home, _fingerprint(home, found))
     if cached is not None:
         _check_count(meta, sum(len(y) for _, y in cached.values()), expected,
-                     where=f"the cache in {folder / cache.CACHE_DIR}")
+                     where=f"the cache in {home / cache.CACHE_DIR}")
         return cached
-    if files is None:
+    if found is None:
         if download and meta.downloadable:
-            _download(meta, folder)
-            files = complete_file_set(meta, folder)
-        if files is None:
-            raise missing_error(meta, folder, download)
+            _download(meta, root)
+            found = layouts.locate(meta, root)
+        if found is None:
+            raise missing_error(meta, root, download)
+    folder, files = found.folder, found.files
     if verify_md5:
         _verify_md5(meta, folder, files)
     try:
@@ -117,20 +126,30 @@ def _cached_or_built(meta: DatasetInfo, folder: Path, download: bool,
             f"expected format; replace it (source: {meta.url})") from exc
     _check_count(meta, sum(len(y) for _, y in arrays.values()), expected,
                  where=f"the files in {folder}")
-    cache.write(meta, folder, arrays, cache.fingerprint(folder, files))
+    cache.write(meta, home, arrays, _fingerprint(home, found))
     return {s: (torch.from_numpy(x), torch.from_numpy(y)) for s, (x, y) in arrays.items()}
 
 
-def complete_file_set(meta: DatasetInfo, folder: Path) -> tuple[str, ...] | None:
-    """The first complete set of raw files present, or None."""
-    for files in meta.file_sets:
-        if all((folder / f).is_file() for f in files):
-            return files
-    return None
+def _fingerprint(home: Path, found: layouts.FileSet | None) -> dict[str, list[int]] | None:
+    """The raw files' fingerprint, keyed by their path relative to the cache's
+    folder `home`: `MNIST/raw/...` in the project layout (the keys caches have
+    always had), `../MNIST/raw/...` in torchvision's. A cache built from one
+    layout therefore never passes for the other's files."""
+    if found is None:
+        return None
+    rel = Path(os.path.relpath(found.folder, home))  # "." or ".."
+    # stat through found.folder: `home/..` does not resolve before home exists
+    return {str(rel / f): v for f, v in cache.fingerprint(found.folder, found.files).items()}
 
 
-def missing_error(meta: DatasetInfo, folder: Path, download: bool,
+def missing_error(meta: DatasetInfo, root: Path, download: bool,
                   reason: str | None = None) -> DataError:
+    """Lists the files of the layout closest to complete (the project's when
+    none has any), with `[missing]` beside those absent, and names both
+    folders searched."""
+    near = layouts.closest(meta, root)
+    folder = near.folder
+
     def listing(files):
         return "\n".join(f"  {f}{'' if (folder / f).is_file() else '   [missing]'}" for f in files)
 
@@ -144,18 +163,22 @@ def missing_error(meta: DatasetInfo, folder: Path, download: bool,
     how = (f"or fetch them with `sal-ray data prepare {meta.name} --download` "
            "(or load(..., download=True))" if meta.downloadable else
            "they must be fetched by hand")
+    project = layouts.layout_folder(meta, root, layouts.PROJECT)
     return DataError(
         f"dataset {meta.name!r} ({meta.title}) is not on disk and {why}.\n"
         f"Put these files in the directory {folder}:\n{files_text}\n"
+        f"Searched: {project} (this project's layout), then {root} (torchvision's, "
+        f"as {meta.source}(root={root}) leaves it). "
         f"Source: {meta.url}; {how}. "
         f"The data root is the `root` argument, else ${ENV_ROOT}, else {DEFAULT_ROOT}.")
 
 
-def _download(meta: DatasetInfo, folder: Path) -> None:
+def _download(meta: DatasetInfo, root: Path) -> None:
+    """Fetch into the project layout, `<root>/<name>/`."""
     try:
-        sources.download(meta, folder)
+        sources.download(meta, root / meta.folder)
     except Exception as exc:  # no network, gdown missing, bad MD5, ...
-        raise missing_error(meta, folder, True, f"{type(exc).__name__}: {exc}") from exc
+        raise missing_error(meta, root, True, f"{type(exc).__name__}: {exc}") from exc
 
 
 def _verify_md5(meta: DatasetInfo, folder: Path, files: tuple[str, ...]) -> None:
@@ -182,25 +205,48 @@ def check_available(name: str, root: str | None = None, download: bool = False) 
     meta = info(name)
     if name == "digits":
         return
-    folder = dataset_folder(name, root)
-    if cache.present(folder) or complete_file_set(meta, folder) is not None:
+    base = data_root(root)
+    if cache.present(base / meta.folder) or layouts.locate(meta, base) is not None:
         return
     if download and meta.downloadable:
-        _download(meta, folder)
-        if complete_file_set(meta, folder) is not None:
+        _download(meta, base)
+        if layouts.locate(meta, base) is not None:
             return
-    raise missing_error(meta, folder, download)
+    raise missing_error(meta, base, download)
 
 
 def status(name: str, root: str | None = None) -> str:
-    """'bundled', 'cached', 'raw files' or 'missing' (no file is read)."""
+    """What `data list` shows (no file is read): 'bundled', 'cached',
+    'raw files', 'raw files (torchvision layout)', 'partial: missing F, G'
+    (some of a file set present, naming the absent ones; '(torchvision
+    layout)' after 'partial' when that is where they are) or 'missing'."""
     meta = info(name)
     if not meta.needs_files:
         return "bundled"
-    folder = dataset_folder(name, root)
-    if cache.present(folder):
+    base = data_root(root)
+    if cache.present(base / meta.folder):
         return "cached"
-    return "raw files" if complete_file_set(meta, folder) is not None else "missing"
+    where = {layouts.PROJECT: "", layouts.TORCHVISION: " (torchvision layout)"}
+    found = layouts.locate(meta, base)
+    if found is not None:
+        return "raw files" + where[found.layout]
+    near = layouts.closest(meta, base)
+    if near.present:
+        return f"partial{where[near.layout]}: missing {', '.join(near.missing)}"
+    return "missing"
+
+
+def describe_source(name: str, root: str | None = None) -> str:
+    """Where `load` takes `name` from, for a one-line report: the folder of
+    its raw files (and their layout), else its cache, else scikit-learn."""
+    meta = info(name)
+    if not meta.needs_files:
+        return "scikit-learn"
+    found = raw_files(name, root)
+    if found is None:
+        return str(dataset_folder(name, root) / cache.CACHE_DIR)
+    return str(found.folder) + ("" if found.layout == layouts.PROJECT else
+                                " (torchvision layout)")
 
 
 def _check_count(meta: DatasetInfo, got: int, expected: int | None,

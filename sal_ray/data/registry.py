@@ -2,7 +2,7 @@
 
 One `DatasetInfo` per dataset says everything the rest of the package needs:
 the sizes from the spec's table, which torchvision class (or scikit-learn
-function) reads the files, where those files live under the data root, and
+function) reads the files, where those files live under its root, and
 how the data is split. Nothing here touches the disk.
 """
 
@@ -28,8 +28,8 @@ class DatasetInfo:
     channels: int             # source channels; 3 means converted to gray
     has_official_split: bool  # False: stratified 80/20 split (SPLIT_SEED)
     source: str               # the class or function that parses the files
-    folder: str               # where the files go, relative to the data root
-    files: tuple[str, ...]    # the files that must be in `folder`
+    folder: str               # project layout: the torchvision root under the data root
+    files: tuple[str, ...]    # relative to the torchvision root (layouts.py)
     downloadable: bool        # torchvision can fetch the files itself
     url: str = ""             # where the files come from
     split_counts: tuple[int, int] | None = None  # official (train, val) sizes
@@ -61,8 +61,9 @@ def _info(**kw) -> DatasetInfo:
 
 
 # Each dataset gets its own folder `<root>/<name>/`, which is the `root` handed
-# to its torchvision class; `files` are relative to that folder and are exactly
-# the paths the torchvision class opens.
+# to its torchvision class (the project layout; layouts.py also searches
+# torchvision's own, `<root>` itself); `files` are relative to that root and
+# are exactly the paths the torchvision class opens.
 DATASETS_INFO: dict[str, DatasetInfo] = {i.name: i for i in (
     _info(name="cifar10",
           url="https://www.cs.toronto.edu/~kriz/cifar.html",
