@@ -14,11 +14,11 @@ __all__ = ["build_report", "generate"]
 
 def build_report(*args, **kwargs):
     """See `dashboards.report.build_report` (imported lazily: matplotlib loads only here)."""
-    from .report import build_report as _build
+    from .report import build_report as _build  # matplotlib and mlflow load here
     return _build(*args, **kwargs)
 
 
 def generate(*args, **kwargs):
     """See `dashboards.report.generate`."""
-    from .report import generate as _generate
+    from .report import generate as _generate  # matplotlib and mlflow load here
     return _generate(*args, **kwargs)

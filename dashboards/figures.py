@@ -12,6 +12,7 @@ import io
 import math
 from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -231,7 +232,6 @@ def learning_curves(cell_list: list[tables.Cell], histories: dict) -> tuple[list
 
 
 def _column_colors(columns: list[str]) -> dict[str, str]:
-    import matplotlib
     out = {}
     sal = [c for c in columns if c.startswith("SAL-")]
     moe = [c for c in columns if c.startswith("MoE-")]
@@ -325,7 +325,6 @@ def search_views(runs: pd.DataFrame) -> tuple[list[Plot], list[str]]:
 
 
 def _parallel(ax, g: pd.DataFrame, params: list[str]) -> None:
-    import matplotlib
     axes_data, ticks = [], []
     for p in params + ["final_val_acc"]:
         col = g[p]

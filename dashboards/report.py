@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from mlflow import MlflowClient
 
 from . import figures, page, tables
 from .store import RunSet, check_readable, load_runs, redact, resolve_uri
@@ -169,7 +170,6 @@ def _parents_to_log(runset: RunSet) -> list[str]:
 
 
 def _log_artifacts(runset: RunSet, parents: list[str], out: Path, result: ReportResult) -> bool:
-    from mlflow import MlflowClient
     client = MlflowClient(tracking_uri=runset.tracking_uri)
     failed = False
     for pid in parents:

@@ -17,7 +17,9 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+import mlflow
 import pandas as pd
+from mlflow import MlflowClient
 
 from sal_ray.tracking.store import (  # noqa: F401 - StoreError: raised to readers
     StoreError, check_readable, redact, resolve_uri)
@@ -63,7 +65,6 @@ class RunSet:
 def tracking(uri: str):
     """`mlflow.search_runs` reads the global tracking URI: set it for the
     duration of a read only, so importing code keeps its own setting."""
-    import mlflow
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
@@ -118,7 +119,6 @@ def find_experiments(client, names: list[str], runset: RunSet) -> dict[str, str]
 
 
 def _search(uri: str, experiment_ids: list[str], sweep: str | None) -> pd.DataFrame:
-    import mlflow
     filt = ""
     if sweep:
         filt = "tags.sweep = '{}'".format(sweep.replace("'", "\\'"))
@@ -233,7 +233,6 @@ def _finals(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], runset: RunS
 def load_runs(experiments: list[str], tracking_uri: str | None = None,
               sweep: str | None = None, with_histories: bool = True) -> RunSet:
     """Every leaf run of `experiments` (optionally one sweep), typed, with histories."""
-    from mlflow import MlflowClient
 
     uri = resolve_uri(tracking_uri)
     runset = RunSet(uri, pd.DataFrame(), {}, {}, {})

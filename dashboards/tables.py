@@ -16,9 +16,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import optuna
 import pandas as pd
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from . import paper
+from .store import NON_PARAM_COLUMNS
 
 # A configuration is every param of a run except these: the cell keys and the
 # seed, what changes speed but not results, and facts derived from the rest. A
@@ -72,7 +75,6 @@ def seed_stats(values) -> tuple[float, float, int]:
 
 def config_params(runs: pd.DataFrame) -> list[str]:
     """The param columns that define a configuration (see NOT_CONFIG)."""
-    from .store import NON_PARAM_COLUMNS
     return [c for c in runs.columns if not c.startswith("metrics.")
             and c not in NON_PARAM_COLUMNS and c not in NOT_CONFIG]
 
@@ -268,9 +270,6 @@ def search_groups(runs: pd.DataFrame, min_runs: int = 4):
 def param_importances(group: pd.DataFrame, params: list[str]) -> dict[str, float]:
     """fANOVA importances (Optuna's FanovaImportanceEvaluator, seed 0) of
     `params` for final_val_acc, on an in-memory study holding one trial per run."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
     dists = {}
     for p in params:
         col = group[p]

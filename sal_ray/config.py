@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 METHODS = ("sal", "bp", "moe")
-# The ten benchmarks of the paper (SAL_SPEC section 4). `sal_ray.data` holds the
+# The ten benchmarks of the paper (docs/spec.md section 4). `sal_ray.data` holds the
 # loaders; a test keeps the two lists equal.
 DATASETS = ("cifar10", "pcam", "stl10", "svhn", "mnist", "fashion_mnist",
             "digits", "usps", "semeion", "fer2013")
@@ -52,7 +52,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    method: str = "sal"            # sal | bp | moe (SAL_SPEC sections 1-3)
+    method: str = "sal"            # sal | bp | moe (docs/spec.md sections 1-3)
     # mlp: every layer but the last uses `activation` (ReLU): the Convergence net.
     # residual: first and last layers linear, hidden layers tanh + skip: Depth/Width.
     arch: str = "mlp"

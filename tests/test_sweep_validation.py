@@ -163,6 +163,8 @@ def test_importing_the_sweep_module_loads_no_engine():
     ({"resume": "yes"}, "resume"), ({"resume": True}, "name"),
     ({"resume": True, "name": "nosuch"}, "resume"),
     ({"resources": {"workers": 1.5}}, "resources"),
+    # Ray Train places whole GPUs per worker: a share would ask for 1 GPU at run time
+    ({"resources": {"workers": 2, "gpu": 0.5}}, "resources"),
     ({"resources": {"workers": 2}, "layout": "pipeline"}, "layout"),
 ])
 def test_reliability_options_are_checked_before_anything_starts(kwargs, option, tmp_path):

@@ -182,6 +182,7 @@ def _download(meta: DatasetInfo, root: Path) -> None:
 
 
 def _verify_md5(meta: DatasetInfo, folder: Path, files: tuple[str, ...]) -> None:
+    # torchvision.datasets loads only for the datasets that need it (seconds)
     from torchvision.datasets.utils import calculate_md5
 
     official = sources.official_md5(meta.name)
@@ -263,6 +264,7 @@ def _check_count(meta: DatasetInfo, got: int, expected: int | None,
 def _load_digits() -> Splits:
     """scikit-learn's bundled 8x8 digits: nothing on disk, nothing cached.
     Stratified 80/20 split, then z-score per feature with train statistics."""
+    # scikit-learn loads only where it is used (seconds)
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

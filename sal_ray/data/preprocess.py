@@ -49,6 +49,7 @@ def zscore_fit(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int):
     """Indices (train, val) of a stratified split, sklearn's train_test_split
     with stratify=labels and random_state=seed."""
+    # scikit-learn loads only where it is used (seconds)
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))

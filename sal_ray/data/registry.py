@@ -1,4 +1,4 @@
-"""The ten benchmark datasets of the paper (SAL_SPEC section 4, Table 1).
+"""The ten benchmark datasets of the paper (docs/spec.md section 4, Table 1).
 
 One `DatasetInfo` per dataset says everything the rest of the package needs:
 the sizes from the spec's table, which torchvision class (or scikit-learn

@@ -55,6 +55,7 @@ def presence_only_integrity(module):
 def official_md5(name: str) -> dict[str, str]:
     """{file relative to the dataset folder: MD5 of the official file}, read
     from the torchvision class; empty where torchvision records none."""
+    # torchvision.datasets loads only for the datasets that need it (seconds)
     import torchvision.datasets as tvd
 
     if name == "cifar10":
@@ -88,6 +89,7 @@ def _flat(gray: np.ndarray) -> np.ndarray:
 
 
 def _cifar10(folder: Path) -> Arrays:
+    # torchvision.datasets loads only for the datasets that need it (seconds)
     from torchvision.datasets import CIFAR10, cifar
 
     out = {}
@@ -99,6 +101,7 @@ def _cifar10(folder: Path) -> Arrays:
 
 
 def _svhn(folder: Path) -> Arrays:
+    # torchvision.datasets loads only for the datasets that need it (seconds)
     from torchvision.datasets import SVHN, svhn
 
     out = {}
@@ -110,6 +113,7 @@ def _svhn(folder: Path) -> Arrays:
 
 
 def _stl10(folder: Path) -> Arrays:
+    # torchvision.datasets loads only for the datasets that need it (seconds)
     from torchvision.datasets import STL10
 
     class LabelledSTL10(STL10):
@@ -127,6 +131,7 @@ def _stl10(folder: Path) -> Arrays:
 
 def _mnist_like(cls_name: str) -> Callable[[Path], Arrays]:
     def read(folder: Path) -> Arrays:
+        # torchvision.datasets loads only for the datasets that need it (seconds)
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, cls_name)
@@ -139,6 +144,7 @@ def _mnist_like(cls_name: str) -> Callable[[Path], Arrays]:
 
 
 def _usps(folder: Path) -> Arrays:
+    # torchvision.datasets loads only for the datasets that need it (seconds)
     from torchvision.datasets import USPS
 
     out = {}
@@ -149,6 +155,7 @@ def _usps(folder: Path) -> Arrays:
 
 
 def _semeion(folder: Path) -> Arrays:
+    # torchvision.datasets loads only for the datasets that need it (seconds)
     from torchvision.datasets import SEMEION, semeion
 
     with presence_only_integrity(semeion):
@@ -157,6 +164,7 @@ def _semeion(folder: Path) -> Arrays:
 
 
 def _fer2013(folder: Path) -> Arrays:
+    # torchvision.datasets loads only for the datasets that need it (seconds)
     from torchvision.datasets import FER2013, fer2013
 
     out = {}
@@ -179,6 +187,7 @@ def _pcam(folder: Path, chunk: int = 4096) -> Arrays:
     """PCAM's class reads one image per __getitem__, reopening the HDF5 file
     each time; for 327,680 images we read its files in blocks instead, with the
     file names and keys ("x", "y") the class uses, converting each block to gray."""
+    # torchvision.datasets loads only for the datasets that need it (seconds)
     from torchvision.datasets import PCAM
 
     parts = {}
@@ -212,6 +221,7 @@ READERS: dict[str, Callable[[Path], Arrays]] = {
 
 def download(meta: DatasetInfo, folder: Path) -> None:
     """Fetch the files with torchvision's own downloader (MD5-checked)."""
+    # torchvision.datasets loads only for the datasets that need it (seconds)
     import torchvision.datasets as tvd
 
     folder.mkdir(parents=True, exist_ok=True)

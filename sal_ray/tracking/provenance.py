@@ -59,7 +59,7 @@ def environment() -> dict[str, str]:
     out["hw.cpu"] = _cpu_model()
     out["hw.cpu_count"] = str(os.cpu_count())
     try:
-        import torch
+        import torch  # a CPU-only process (the report, the UI) may never load it
         if torch.cuda.is_available():
             names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             out["hw.gpu"] = ", ".join(names)
