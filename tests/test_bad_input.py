@@ -195,8 +195,19 @@ TUNE = [
     ("scheduler", dict(scheduler={"reduction_factor": 1}),
      ["reduction_factor must be a number > 1"]),
     ("log_model", dict(log_model="some"), ["'best', 'all' or 'none'"]),
-    ("experiment", dict(experiment=" "), ["non-empty"]),
-    ("name", dict(name="it's"), ["without quotes"]),
+    ("experiment", dict(experiment=" "), ["must be 1 to 200 of letters"]),
+    ("experiment", dict(experiment="x" * 201), ["got 'xxxx", "(201 characters)"]),
+    ("experiment", dict(experiment="a'b"), ["must be 1 to 200 of letters"]),
+    # a sweep's name is a folder under the storage path: never a path of its own
+    ("name", dict(name="it's"), ["letters, digits, '.', '_' and '-', starting with a letter or digit"]),
+    ("name", dict(name="../outside"), ["got '../outside'"]),
+    ("name", dict(name="/tmp/abs"), ["got '/tmp/abs'"]),
+    ("name", dict(name="a/b"), ["got 'a/b'"]),
+    ("name", dict(name=".."), ["got '..'"]),
+    ("name", dict(name=".hidden"), ["got '.hidden'"]),
+    ("name", dict(name=""), ["got ''"]),
+    ("name", dict(name="n" * 101), ["(101 characters)"]),
+    ("name", dict(name=7), ["got 7"]),
 ]
 
 
@@ -354,8 +365,11 @@ SCRIPTS = [
     ("search", ["--cpus-per-trial", "nan"], "cpus_per_trial", ["number > 0; got nan"]),
     ("convergence", ["--max-concurrent", "0"], "max_concurrent", ["positive integer; got 0"]),
     ("width", ["--epochs", "0"], "epochs", ["positive integer; got 0"]),
-    ("moe", ["--experiment", ""], "experiment", ["non-empty"]),
-    ("depth", ["--name", "it's"], "name", ["without quotes"]),
+    ("moe", ["--experiment", ""], "experiment", ["must be 1 to 200 of letters"]),
+    ("depth", ["--name", "it's"], "name", ["letters, digits, '.', '_' and '-', starting with a letter or digit"]),
+    ("depth", ["--name", "../up"], "name", ["got '../up'"]),
+    ("width", ["--name", "x" * 150], "name", ["(150 characters)"]),
+    ("convergence", ["--resume", "a/../../b"], "resume", ["got 'a/../../b'"]),
     ("search", ["--verbose", "7"], "verbose", ["0, 1 or 2; got 7"]),
 ]
 

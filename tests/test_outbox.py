@@ -137,3 +137,30 @@ def test_a_write_the_store_refuses_for_good_is_dropped_and_reported(store, monke
     sink.outbox.tags(sink.key, {"x": "y"})
     assert sink.outbox.deliver(force=True)
     assert sink.outbox.pending == 0 and "bad value" in sink.outbox.dropped[-1]
+
+
+def test_a_checkpoints_copy_of_writes_the_live_process_delivered_counts_as_none(store, tmp_path):
+    """A checkpoint taken mid-run holds the per-epoch metrics that were only
+    buffered then (no outage); a trial the scheduler stops takes no later one,
+    and delivers them itself on the way out. Delivering the checkpoint's copy at
+    the sweep's end writes nothing twice and counts nothing: no false outage."""
+    uri, exp, client = store
+    box = Outbox(uri, exp, tmp_path / "outbox")
+    live = MLflowSink(uri, exp, key="outbox-test/trial_9/s0", outbox=box, flush_every_s=3600)
+
+    class CheckpointAt2(Callback):
+        def on_epoch(self, m):
+            if m["epoch"] == 2:
+                box.save()  # buffered, not failed: epochs 1-2's metrics wait here
+    fit(CFG, [live, CheckpointAt2()])
+    assert box.pending == 0  # the live process delivered everything itself
+    copy = Outbox.load(uri, tmp_path / "outbox")
+    assert copy.pending > 0
+    before = {k: steps(client, live.run_id, k) for k in ("val_loss", "train_loss")}
+    assert copy.deliver(force=True) and copy.written == 0 and copy.pending == 0
+    assert {k: steps(client, live.run_id, k) for k in before} == before
+    # a write the store really lacks is delivered and counted
+    client.delete_tag(live.run_id, "method")
+    copy.tags(live.key, {"method": "sal"})
+    assert copy.deliver(force=True) and copy.written == 1
+    assert client.get_run(live.run_id).data.tags["method"] == "sal"

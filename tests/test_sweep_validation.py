@@ -68,7 +68,7 @@ def refused(option: str, **kwargs) -> str:
     ("scheduler", dict(scheduler={"grace": 2}), "unknown ASHA setting"),
     ("resources", dict(resources={"cpu": -1}), "number >= 0"),
     ("log_model", dict(log_model="some"), "'best', 'all' or 'none'"),
-    ("experiment", dict(experiment=""), "non-empty"),
+    ("experiment", dict(experiment=""), "must be 1 to 200 of letters"),
     ("depth", dict(fixed={"depth": 1}), "depth"),
 ])
 def test_bad_input_is_refused_naming_the_option(option, kwargs, words):

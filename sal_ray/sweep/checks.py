@@ -9,6 +9,8 @@ ordinary sweep loads no engine.
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError
@@ -20,6 +22,14 @@ EPOCH_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "samples_per_
                  "epoch_time_s", "wall_time_s")
 COUNT_METRICS = ("params_active", "params_total", "params_router", "params_fixed")
 ASHA_SETTINGS = ("grace_period", "reduction_factor", "brackets")
+# A sweep's name is a folder under the storage path, an MLflow tag value inside
+# filter strings and part of every run key: letters, digits, '.', '_' and '-',
+# starting with a letter or digit (never '.' or '..'), at most NAME_MAX long.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_MAX = 100
+# An experiment name may also hold spaces and '/' (MLflow workspace paths).
+EXPERIMENT_PATTERN = re.compile(r"[A-Za-z0-9/][A-Za-z0-9 ._/-]*")
+EXPERIMENT_MAX = 200
 
 
 def names(value, allowed: tuple, option: str) -> list[str]:
@@ -33,6 +43,37 @@ def names(value, allowed: tuple, option: str) -> list[str]:
     if len(set(items)) != len(items):
         raise ConfigError(option, f"listed twice: {items}")
     return items
+
+
+def sweep_name(value, option: str = "name") -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) \
+            or len(value) > NAME_MAX:
+        shown = repr(value) if not isinstance(value, str) or len(value) <= 60 else \
+            f"{value[:40]!r}... ({len(value)} characters)"
+        raise ConfigError(option, "must be 1 to 100 of letters, digits, '.', '_' and '-', "
+                          f"starting with a letter or digit; got {shown}")
+    return value
+
+
+def experiment_name(value) -> str:
+    if not isinstance(value, str) or not EXPERIMENT_PATTERN.fullmatch(value) \
+            or len(value) > EXPERIMENT_MAX or value != value.strip():
+        shown = repr(value) if not isinstance(value, str) or len(value) <= 60 else \
+            f"{value[:40]!r}... ({len(value)} characters)"
+        raise ConfigError("experiment", "must be 1 to 200 of letters, digits, spaces, '.', "
+                          "'_', '-' and '/', starting with a letter, digit or '/'; got " + shown)
+    return value
+
+
+def inside(folder: str, name: str) -> Path:
+    """`folder/name`, refused unless it resolves (symbolic links followed) to a
+    place inside `folder`."""
+    base = Path(folder).resolve()
+    target = (base / name).resolve()
+    if target == base or base not in target.parents:
+        raise ConfigError("name", f"sweep folder {base / name} resolves to {target}, outside "
+                          f"the storage path {base}")
+    return target
 
 
 def objectives(metric, mode) -> tuple[tuple[str, ...], tuple[str, ...]]:

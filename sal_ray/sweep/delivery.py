@@ -36,8 +36,11 @@ def wait_for_store(uri: str, experiment_id: str, wait_s: float, echo: Callable) 
 
 
 def deliver_pending(records: list[dict], uri: str) -> tuple[int, int]:
-    """MLflow writes trials left in their last checkpoints (the store was away when
-    they ended): delivered now. Returns (delivered, still pending) op counts."""
+    """MLflow writes trials left in their last checkpoints, delivered now. A
+    checkpoint also holds writes that were only buffered when it was taken (a
+    trial the scheduler stopped takes no later one) and that the trial delivered
+    itself afterwards: those are skipped, not counted. Returns (writes the store
+    did not have, writes still pending)."""
     done = left = 0
     for rec in records:
         ck = rec.get("checkpoint")
@@ -52,7 +55,6 @@ def deliver_pending(records: list[dict], uri: str) -> tuple[int, int]:
         with tempfile.TemporaryDirectory(prefix="sal-outbox-") as tmp:
             ck.to_directory(tmp)
             box = Outbox.load(uri, Path(tmp) / "outbox")
-            n = box.pending
             box.deliver(force=True)
-            done, left = done + n - box.pending, left + box.pending
+            done, left = done + box.written, left + box.pending
     return done, left

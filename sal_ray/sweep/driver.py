@@ -111,8 +111,14 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     if dry_run:
         opts.echo(p.describe())
         return p
-    # Ray, Optuna and MLflow load here: a dry run and `import sal_ray.sweep` never do
-    from . import execute, runtime
-    if not runtime.on_cluster(opts.address):  # local trials read this machine's disk
-        check_data(p.studies)
-    return execute.run_sweep(p, opts, folder, layouts, opts.echo, t0)
+    claim = storage.claim(folder, p.name)
+    try:
+        storage.check_sweep_folder(folder, p.name, opts.resume)  # again, now that it is ours
+        # Ray, Optuna and MLflow load here: a dry run and `import sal_ray.sweep` never do
+        from . import execute, runtime
+        if not runtime.on_cluster(opts.address):  # local trials read this machine's disk
+            check_data(p.studies)
+        return execute.run_sweep(p, opts, folder, layouts, opts.echo, t0)
+    finally:
+        if claim is not None:
+            claim.release()

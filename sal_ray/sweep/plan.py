@@ -223,8 +223,9 @@ def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     checks.positive_int("seeds", seeds)
     sched = checks.scheduler(scheduler)
     res = checks.resources(resources)
-    if not isinstance(experiment, str) or not experiment.strip():
-        raise ConfigError("experiment", f"must be a non-empty name; got {experiment!r}")
+    checks.experiment_name(experiment)
+    if name is not None:
+        checks.sweep_name(name)
     if space is not None and not isinstance(space, dict):
         raise ConfigError("space", f"must be a dict of option -> values; got {type(space).__name__}")
     if not isinstance(fixed or {}, dict):
@@ -253,8 +254,6 @@ def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
                      else Config.from_flat(s.fixed).optim.epochs for s in studies)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = name or f"sweep-{stamp}-{uuid.uuid4().hex[:4]}"
-    if not isinstance(name, str) or not name.strip() or "'" in name:
-        raise ConfigError("name", f"must be a non-empty name without quotes; got {name!r}")
     seed0 = Config.from_flat(studies[0].fixed).run.seed
     return Plan(name, studies, metrics, modes, sampler, sched, seeds, seed0, res, experiment,
                 max_epochs, notes)

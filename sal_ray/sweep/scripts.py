@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from ..config import DATASETS, ConfigError
 from ..data import DataError
 from ..tracking.store import redact
+from . import checks
 from .driver import tune
 from .storage import newest_sweep, storage_path
 
@@ -76,10 +77,12 @@ def study_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
         raise ConfigError("gpus_per_trial", f"must be a number >= 0; got {gpus}")
     if gpus is not None and gpus > 1 and not gpus.is_integer():
         raise ConfigError("gpus_per_trial", f"above 1 must be whole; got {gpus}")
-    if args.experiment is not None and not args.experiment.strip():
-        raise ConfigError("experiment", f"must be a non-empty name; got {args.experiment!r}")
-    if args.name is not None and (not args.name.strip() or "'" in args.name):
-        raise ConfigError("name", f"must be a non-empty name without quotes; got {args.name!r}")
+    if args.experiment is not None:
+        checks.experiment_name(args.experiment)
+    if args.name is not None:
+        checks.sweep_name(args.name)
+    if isinstance(args.resume, str):
+        checks.sweep_name(args.resume, "resume")
     workers = getattr(args, "workers_per_trial", None)
     if workers is not None and workers < 1:
         raise ConfigError("workers_per_trial", f"must be an integer >= 1; got {workers}")

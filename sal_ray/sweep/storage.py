@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError
+from ..locks import FileLock, Held
+from .checks import inside
+
+CLAIMS = ".claims"  # under the storage path: one lock file per sweep name
 
 
 def storage_path(path) -> str:
@@ -38,7 +42,7 @@ def check_sweep_folder(storage: str, name: str, resume: bool) -> None:
     anything starts (only for a local storage folder; a URI is Tune's to check)."""
     if "://" in storage:
         return
-    exists = is_sweep(Path(storage) / name)
+    exists = is_sweep(inside(storage, name))
     if resume and not exists:
         there = sorted(d.name for d in sweeps_in(storage))
         raise ConfigError("resume", f"no sweep named '{name}' in {storage} to resume"
@@ -47,6 +51,23 @@ def check_sweep_folder(storage: str, name: str, resume: bool) -> None:
     if not resume and exists:
         raise ConfigError("name", f"a sweep named '{name}' already exists in {storage}; "
                           "resume it (resume=True, scripts: --resume) or choose another name")
+
+
+def claim(storage: str, name: str) -> FileLock | None:
+    """Take the sweep name for this driver, for as long as it runs: of two drivers
+    started under one name at the same moment, exactly one gets it; the other is
+    refused here, before anything starts. None for a URI storage (Tune's)."""
+    if "://" in storage:
+        return None
+    lock = FileLock(Path(storage) / CLAIMS / f"{name}.lock")
+    try:
+        return lock.acquire()
+    except Held as e:
+        raise ConfigError("name", f"sweep '{name}' is being run by another driver ({e.owner}) "
+                          f"on storage {storage}; wait for it, or choose another name") from None
+    except OSError as e:
+        raise ConfigError("storage_path", f"cannot use {storage} for sweeps: "
+                          f"{e.strerror or e} ({e.filename or storage})") from None
 
 
 def newest_sweep(storage: str, prefix: str) -> str:

@@ -67,6 +67,7 @@ class Outbox:
         self.uncertain: set[str] = set()    # run keys whose store state must be read first
         self.dropped: list[str] = []        # ops the store refused for good, and why
         self.error = ""                     # why the last delivery stopped
+        self.written = 0                    # ops that changed the store (not already there)
         self._failures = 0
         self._next_try = 0.0
         self._steps: dict[tuple[str, str], set[int]] = {}  # (run key, metric) -> steps stored
@@ -140,7 +141,7 @@ class Outbox:
         while self.ops:
             op = self.ops[0]
             try:
-                self._send(op)
+                self.written += bool(self._send(op))
             except Exception as e:  # noqa: BLE001 - any failure: keep the op for later
                 if _permanent(e):
                     self.dropped.append(f"{op['op']} for {op['key']}: {_reason(e)}")
@@ -162,45 +163,62 @@ class Outbox:
         if op["op"] == "artifact" and self.folder is not None:
             shutil.rmtree((self.folder / op["file"]).parent, ignore_errors=True)
 
-    def _send(self, op: dict) -> None:
+    def _send(self, op: dict) -> bool:
+        """Deliver one op; whether it changed the store. For an uncertain run what
+        the store already holds is skipped, so a checkpoint's copy of writes the
+        live process delivered later is neither sent twice nor counted."""
         key, kind = op["key"], op["op"]
         if kind == "create":
-            if key not in self.run_ids:
-                self._create(op)
-            return
+            return key not in self.run_ids and self._create(op)
         run_id = self.run_ids[key]  # its create op came first
         c = client(self.uri)
+        held = with_retry(c.get_run, run_id) \
+            if key in self.uncertain and kind in ("params", "tags", "artifact", "end") else None
         if kind == "reopen":
             writes.log_tags(run_id, {"status": "running"}, self.uri)
             with_retry(c.update_run, run_id, status="RUNNING")
-        elif kind == "params":
-            params = op["params"]
-            if key in self.uncertain:
-                have = with_retry(c.get_run, run_id).data.params
-                params = {k: v for k, v in params.items() if k not in have}
+            return True
+        if kind == "params":
+            params = op["params"] if held is None else \
+                {k: v for k, v in op["params"].items() if k not in held.data.params}
             writes.log_params(run_id, params, self.uri)
-        elif kind == "metrics":
-            self._send_metrics(key, run_id, op["metrics"])
-        elif kind == "tags":
-            writes.log_tags(run_id, op["tags"], self.uri)
-        elif kind == "artifact":
+            return bool(params)
+        if kind == "metrics":
+            return self._send_metrics(key, run_id, op["metrics"])
+        if kind == "tags":
+            tags = op["tags"] if held is None else \
+                {k: v for k, v in op["tags"].items() if held.data.tags.get(k) != v}
+            writes.log_tags(run_id, tags, self.uri)
+            return bool(tags)
+        if kind == "artifact":
+            name = Path(op["file"]).name
+            if held is not None and any(Path(f.path).name == name for f in with_retry(
+                    c.list_artifacts, run_id, op["artifact_path"])):
+                return False
             with_retry(c.log_artifact, run_id, str(self.folder / op["file"]),
                        op["artifact_path"])
-        elif kind == "end":
+            return True
+        if kind == "end":
+            if held is not None and held.info.status != "RUNNING" \
+                    and held.data.tags.get("status") == op["status"]:
+                return False
             writes.set_status(run_id, op["status"], self.uri, op["message"])
+            return True
+        raise ValueError(f"unknown outbox op {kind!r}")
 
-    def _create(self, op: dict) -> None:
+    def _create(self, op: dict) -> bool:
         found = with_retry(client(self.uri).search_runs, [self.experiment_id],
                            filter_string=f"tags.run_key = '{op['key']}'", max_results=1)
         if found:  # an earlier process created it: take it up, never make a second one
             self.run_ids[op["key"]] = found[0].info.run_id
             self.uncertain.add(op["key"])
-            return
+            return False
         self.run_ids[op["key"]] = writes.start_run(
             self.uri, self.experiment_id, op["name"], {**op["tags"], "run_key": op["key"]},
             op["parent"])
+        return True
 
-    def _send_metrics(self, key: str, run_id: str, rows: list) -> None:
+    def _send_metrics(self, key: str, run_id: str, rows: list) -> bool:
         if key in self.uncertain:
             c = client(self.uri)
             for name in {r[0] for r in rows}:
@@ -213,6 +231,7 @@ class Outbox:
         for k, _, _, s in rows:
             if (key, k) in self._steps:
                 self._steps[(key, k)].add(int(s))
+        return bool(rows)
 
     # ---- on disk ------------------------------------------------------------------------
     def save(self) -> None:

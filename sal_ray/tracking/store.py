@@ -9,6 +9,7 @@ command need `resolve_uri` and `redact` without paying for it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -20,6 +21,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from ..config import ConfigError
+from ..locks import FileLock
 
 # URI schemes MLflow reads runs from (a '+driver' suffix is allowed: postgresql+psycopg2).
 STORE_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql",
@@ -260,6 +262,14 @@ def _get_experiment(uri: str, experiment: str) -> str:
                       artifact_location=_artifact_root(uri, experiment))
 
 
+def _creation_lock(uri: str):
+    """SQLite: one process at a time creates a new store's tables (two drivers
+    starting at once would otherwise race MLflow's schema migration)."""
+    if not is_sqlite(uri):
+        return contextlib.nullcontext()
+    return FileLock(uri[len("sqlite:///"):] + ".lock", wait_s=300.0)
+
+
 def check_store(uri: str, experiment: str) -> str:
     """Reach the store and get (or create) `experiment`; returns its id.
 
@@ -272,7 +282,7 @@ def check_store(uri: str, experiment: str) -> str:
     if is_sqlite(uri):
         check_sqlite_folder(uri)
     try:
-        with quick_http(uri):
+        with quick_http(uri), _creation_lock(uri):
             return _get_experiment(uri, experiment)
     except ConfigError:
         raise
