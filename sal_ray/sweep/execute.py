@@ -32,9 +32,14 @@ ENDED = ["completed", "diverged", "failed", "stopped", "crashed"]
 
 def run_sweep(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable,
               t0: float) -> SweepResults:
-    uri = store.resolve_uri(opts.tracking_uri)
+    # from here on only the public form of the store's URI exists; its secret, if
+    # any, is in the environment of the processes that talk to the store
+    # (this process keeps it: SweepResults.runs() reads the store afterwards)
+    uri, store_env = store.split_secret(store.resolve_uri(opts.tracking_uri))
+    os.environ.update(store_env)
+    runtime.quiet_engines_urls()
     echo(p.describe())
-    echo(f"tracking: {store.redact(uri)}, experiment '{p.experiment}'")
+    echo(f"tracking: {uri}, experiment '{p.experiment}'")
     experiment_id = runtime.start_store_and_ray(uri, p.experiment, opts.address, opts.num_cpus)
     if opts.resume:
         parent_id = parent.reopen_parent(uri, experiment_id, p, echo)
@@ -42,7 +47,7 @@ def run_sweep(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Call
         parent_id = parent.open_parent(uri, experiment_id, p, storage)
     try:
         res, records, sweep_path = fit_tuner(p, opts, uri, experiment_id, parent_id, storage,
-                                             layouts, echo)
+                                             layouts, echo, store_env)
     except BaseException as e:
         parent.mark_crashed(uri, parent_id, e)
         raise
@@ -52,7 +57,8 @@ def run_sweep(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Call
 
 
 def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id: str,
-                storage: str, layouts: dict) -> tuple[TrialContext, dict, int | None]:
+                storage: str, layouts: dict, store_env: dict
+                ) -> tuple[TrialContext, dict, int | None]:
     """The trials' context, the resources Tune places per trial, and the cap on
     concurrent trials."""
     ctx = TrialContext(p.name, uri, experiment_id, parent_id,
@@ -62,7 +68,7 @@ def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_
                        log_model=opts.log_model,
                        flush_every_s=FLUSH_EVERY_S if opts.flush_every_s is None
                        else opts.flush_every_s,
-                       checkpoint_every=opts.checkpoint_every)
+                       checkpoint_every=opts.checkpoint_every, store_env=dict(store_env))
     resources = {k: v for k, v in p.resources.items() if (v or k == "cpu") and k != "workers"}
     max_concurrent = opts.max_concurrent
     if p.workers > 1:
@@ -93,9 +99,9 @@ def asha(p: Plan, settings: dict) -> ASHAScheduler:
 
 
 def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id: str,
-              storage: str, layouts: dict, echo: Callable):
+              storage: str, layouts: dict, echo: Callable, store_env: dict):
     ctx, resources, max_concurrent = trial_setup(p, opts, uri, experiment_id, parent_id,
-                                                 storage, layouts)
+                                                 storage, layouts, store_env)
     progress = SweepProgress(p, echo)
     trainable = rt.with_resources(rt.with_parameters(run_trial, ctx=ctx), resources)
     # Tune's own per-trial files would repeat what MLflow holds; they cost a write per epoch
@@ -151,7 +157,7 @@ def finish(res: SweepResults, records: list[dict], sweep_path: str, uri: str, ec
                   f"sweep script with --resume {res.name}")
     if not wait_for_store(uri, res.experiment_id, opts.finish_wait_s, echo):
         echo(f"\nsweep '{res.name}': {ended} of {res.plan.total_trials} trials ended, but the "
-             f"MLflow store {store.redact(uri)} is away: their last records wait in the "
+             f"MLflow store {uri} is away: their last records wait in the "
              f"trial checkpoints under {sweep_path}. Deliver them when "
              f"it is back: {resume_how}.")
         res.undelivered = True

@@ -192,7 +192,7 @@ class SweepResults:
     def runs(self) -> pd.DataFrame:
         """Every seed run of this sweep, read back from MLflow (one row per run)."""
         before = mlflow.get_tracking_uri()  # search_runs reads the global URI: set it once
-        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_tracking_uri(store.real_uri(self.tracking_uri))
         try:
             return mlflow.search_runs([self.experiment_id], max_results=50000,
                                       filter_string="tags.`mlflow.parentRunId` = "

@@ -18,6 +18,14 @@ from . import ray_compat
 ENGINE_LOGGERS = ("ray.tune", "ray.train")
 
 
+def quiet_engines_urls() -> None:
+    """The driver's engine lines: no "View run at URL" per run, every log line
+    redacted (tracking.store)."""
+    for k, v in store.QUIET_URLS.items():
+        os.environ.setdefault(k, v)
+    store.redact_logs("ray", "ray.tune", "mlflow")
+
+
 def init_ray(address: str | None, num_cpus: int | None) -> None:
     """Use a running Ray; else connect to `address` / $RAY_ADDRESS / a `ray start`
     cluster on this machine (that is `ray submit` on the head node); else start

@@ -112,7 +112,9 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if not _JOIN_AT_EXIT:
         _JOIN_AT_EXIT = bool(atexit.register(_join_trial_threads))
     _TRIAL_THREADS.add(threading.current_thread())
+    os.environ.update(ctx.store_env)
     store.fail_fast_http()  # an unreachable server must not hold training up
+    store.redact_logs("ray", "mlflow")
     # one "Checkpoint successfully created" line per epoch per trial is noise
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     folder = TrialFolder(ctx, rt.get_checkpoint())
@@ -144,7 +146,8 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
             tags={"sweep": ctx.sweep, "trial": trial_id, "config": cfg_key,
                   "seed_index": i, "seeds": ctx.seeds,
                   "searched": ",".join(ctx.searched[key])},
-            flush_every_s=ctx.flush_every_s, key=keys[i], outbox=folder.outbox, fail_fast=True)
+            flush_every_s=ctx.flush_every_s, key=keys[i], outbox=folder.outbox, fail_fast=True,
+            store_env=ctx.store_env)
         seed_common = {**common, "seed": seed, "config": cfg_key}
         reporter = TuneReporter(ctx, i, folder, seed_common)
         try:

@@ -43,6 +43,10 @@ class TrialContext:
     worker_cpu: float = 1.0
     worker_gpu: float = 0.0
     train_storage: str = ""      # where the Train runs of multi-worker trials live
+    # the store's secret, if its URI holds one (tracking.store.split_secret): it
+    # travels in Ray's object store with this context, never to disk, and goes
+    # into the environment of the processes that talk to the store
+    store_env: dict = field(default_factory=dict)
 
 
 def trial_status(result: dict | None, error: bool = False) -> str:

@@ -15,6 +15,7 @@ process-global "active run" would leak from one trial into the next.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any, Iterable
@@ -53,7 +54,7 @@ class MLflowSink(Callback):
                  run_name: str | None = None, tags: dict[str, Any] | None = None,
                  extra_params: dict[str, Any] | None = None,
                  flush_every_s: float = FLUSH_EVERY_S, key: str | None = None,
-                 outbox=None, fail_fast: bool = False):
+                 outbox=None, fail_fast: bool = False, store_env: dict | None = None):
         self.uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.run_name, self.tags = run_name, dict(tags or {})
         self.extra_params = dict(extra_params or {})
@@ -61,6 +62,9 @@ class MLflowSink(Callback):
         self.key = key or uuid.uuid4().hex
         self.outbox = outbox if outbox is not None else Outbox(tracking_uri, experiment_id)
         self.fail_fast = fail_fast  # fail_fast_http() in the process that trains
+        # the store's secret (store.split_secret), for a process that may not have it:
+        # a Ray Train worker this sink is shipped to
+        self.store_env = dict(store_env or {})
         self.status: str | None = None  # set once the run is ended
         self.opened = False
         self.history: list[dict[str, float]] = []
@@ -74,6 +78,7 @@ class MLflowSink(Callback):
 
     # -- trainer hooks --
     def on_start(self, run: Run) -> None:
+        os.environ.update(self.store_env)
         if self.fail_fast:
             fail_fast_http()
         params = {**run.params(), **self.extra_params}

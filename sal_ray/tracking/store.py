@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import random
 import re
@@ -18,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..config import ConfigError
 from ..locks import FileLock
@@ -67,8 +68,9 @@ def is_server(uri: str) -> bool:
 
 # A URI inside any text: it ends at whitespace (a password may hold quotes).
 _URI = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://)(\S+)")
-# What follows the '@' that ends a URI's userinfo: a host name or an [IPv6] literal.
-_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_~%\-]")
+# What follows the '@' that ends a URI's userinfo, up to the path: a host name or an
+# [IPv6] literal, and a port; prose may close it with punctuation.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%\-]+)(:\d*)?[)\].,;:!'\"]*")
 # Query parameters (and key=value words) whose value is a credential.
 _SECRET_KEY = r"[A-Za-z0-9_.\-]*(?:pass|pwd|secret|token|key|auth|sig|credential|session)" \
               r"[A-Za-z0-9_.\-]*"
@@ -83,7 +85,8 @@ def _userinfo_end(rest: str) -> int | None:
     last '@' with none of '/?#' before it; else the first '@' after a 'user:'
     (a password holding '/', '?' or '#'). When unsure, more is hidden, never less:
     `http://host:80/p?mail=a@b` shows as `http://host:***@b`."""
-    ats = [i for i, c in enumerate(rest) if c == "@" and _HOST.match(rest, i + 1)]
+    ats = [i for i, c in enumerate(rest) if c == "@"
+           and _HOST.fullmatch(re.split(r"[/?#]", rest[i + 1:], maxsplit=1)[0])]
     plain = [i for i in ats if not re.search(r"[/?#]", rest[:i])]
     if plain:
         return plain[-1]
@@ -116,6 +119,62 @@ def redact(text) -> str:
 
 def has_secret(uri: str) -> bool:
     return redact(uri) != uri
+
+
+# A store URI holding a secret travels only in the environment of the processes
+# that need it: `split_secret` gives the public form that everything else sees
+# (params, tags, messages, checkpoints, Tune's state) and the variables that let
+# a process reach the store by it (`client` puts the secret back).
+SECRET_URI_ENV = "SAL_RAY_TRACKING_URI"
+
+
+def split_secret(uri: str) -> tuple[str, dict[str, str]]:
+    """(public URI, environment). A server's `user:password@` or `token@` goes to
+    MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD (basic auth), so even MLflow's
+    messages name the server only; any other secret (a database password, a
+    signed query) keeps the whole URI in $SAL_RAY_TRACKING_URI and the public form
+    is the redacted one."""
+    if not has_secret(uri):
+        return uri, {}
+    scheme, _, rest = uri.partition("://")
+    end = _userinfo_end(rest)
+    if is_server(uri) and end is not None and not has_secret(f"{scheme}://{rest[end + 1:]}"):
+        user, _, password = rest[:end].partition(":")
+        return f"{scheme}://{rest[end + 1:]}", {"MLFLOW_TRACKING_USERNAME": unquote(user),
+                                                "MLFLOW_TRACKING_PASSWORD": unquote(password)}
+    return redact(uri), {SECRET_URI_ENV: uri}
+
+
+def real_uri(uri: str) -> str:
+    """The URI to hand MLflow for `uri`: a public form of a secret URI (split_secret)
+    becomes the secret one again, from this process's environment."""
+    if "***" not in uri:
+        return uri
+    secret = os.environ.get(SECRET_URI_ENV, "")
+    if secret and redact(secret) == uri:
+        return secret
+    raise StoreError(f"{uri} hides a credential that this process was not given "
+                     f"(${SECRET_URI_ENV}): pass the full URI where the sweep starts")
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts every record a handler emits (the engines' own lines included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        shown = redact(message)
+        if shown != message:
+            record.msg, record.args = shown, None
+        return True
+
+
+def redact_logs(*loggers: str) -> None:
+    """Put a RedactingFilter on the handlers of the root logger and of `loggers`
+    (Ray and MLflow attach their own), once each."""
+    for name in ("", *loggers):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
 
 
 def ui_command(uri: str) -> str:
@@ -187,7 +246,7 @@ def client(uri: str):
     """One client per store and process: building a SQLite store checks its schema,
     which costs more than a Digits epoch."""
     from mlflow import MlflowClient  # mlflow loads here, on first use (see module doc)
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=real_uri(uri))
 
 
 def with_retry(fn: Callable, *args, attempts: int = 8, **kwargs):
@@ -224,14 +283,16 @@ class quick_http:
                 os.environ[k] = v
 
 
+# MLflow prints "View run ... at: URL" each time a run on a server ends: one per
+# seed of every trial, and the driver's own; the sweep prints the UI address once.
+QUIET_URLS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
 # A training process talks to an HTTP store with few retries and a short timeout:
 # a write the store does not take waits in the run's outbox, so MLflow's own
 # retries (minutes of back-off by default) would only stall training.
-# (MLflow also prints a "View run ... at: URL" line each time a run on a server
-# ends: one per seed of every trial; the sweep prints the UI address once instead.)
 FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", **QUIET_URLS}
 
 
 def fail_fast_http() -> None:
