@@ -28,6 +28,7 @@ import os
 import selectors
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -154,8 +155,15 @@ class LoopbackSSHD:
 
     def _init_pid(self) -> int:
         """The host PID of the namespace's init (sshd), unshare's only child."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return int(children[0])
+        for entry in Path("/proc").iterdir():
+            try:
+                # /proc/PID/stat: "pid (comm) state ppid ...", comm may hold spaces
+                ppid = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.proc.pid:
+                return int(entry.name)
+        raise ProcessLookupError(f"unshare ({self.proc.pid}) has no child")
 
     def processes(self) -> list[int]:
         """Host PIDs of every process running on the "head" (the namespace)."""
@@ -181,13 +189,13 @@ class LoopbackSSHD:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
-            os.kill(self._init_pid(), 15)  # sshd's own SIGTERM handler; init exits
-        except (OSError, IndexError, ValueError):
-            self.proc.kill()
+            os.kill(self._init_pid(), signal.SIGTERM)  # sshd's own handler; init exits
+        except OSError:
+            self.proc.kill()  # --kill-child takes the namespace's init with it
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, 9)
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=timeout)
 
 
