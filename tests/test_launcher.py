@@ -28,7 +28,7 @@ The head is a PID namespace with its own home folder (tests/sshd.py): file mount
 kills only the head's Ray (not this session's), and stopping the sshd ends every
 process the head still runs. The CLI here ("the laptop") runs with HOME, RAY_TMPDIR
 and TMPDIR in the test's folder too: the token and datasets it syncs, the local
-provider's cluster state, Ray's config cache. About 3 minutes on 2 cores.
+provider's cluster state, Ray's config cache. About 2 minutes on 2 cores (docs/cluster.md).
 """
 
 from __future__ import annotations
