@@ -1,5 +1,8 @@
-"""ray_cluster.yaml is valid for `ray up`: filled with the provider's defaults and
-checked against the schema bundled in the installed Ray, as `ray up` does."""
+"""ray_cluster.yaml (AWS) and ray_cluster.local.yaml (on-premise) are valid for
+`ray up`: filled with the provider's defaults and checked against the schema
+bundled in the installed Ray, as `ray up` does. The on-premise file differs from
+the AWS one only where its header says. tests/test_launcher.py runs the on-premise
+one for real."""
 
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ yaml = pytest.importorskip("yaml")
 pytest.importorskip("jsonschema")
 util = pytest.importorskip("ray.autoscaler._private.util")
 
-PATH = pathlib.Path(__file__).resolve().parents[1] / "ray_cluster.yaml"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PATH = REPO / "ray_cluster.yaml"
+LOCAL = REPO / "ray_cluster.local.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +26,14 @@ def raw():
     return yaml.safe_load(PATH.read_text())
 
 
-def test_cluster_config_validates_against_rays_schema(raw):
-    prepared = util.prepare_config(copy.deepcopy(raw))
+@pytest.fixture(scope="module")
+def local():
+    return yaml.safe_load(LOCAL.read_text())
+
+
+@pytest.mark.parametrize("path", [PATH, LOCAL], ids=lambda p: p.name)
+def test_cluster_config_validates_against_rays_schema(path):
+    prepared = util.prepare_config(yaml.safe_load(path.read_text()))
     util.validate_config(prepared)
     assert prepared["head_node_type"] in prepared["available_node_types"]
 
@@ -88,3 +99,67 @@ def test_credentials_come_from_the_users_environment(raw):
     assert not re.search(r"AWS_[A-Z_]*=|--password|auth_token=", commands)
     # the token stays out of the synced checkout: nothing of the kind is tracked
     assert not (PATH.parent / ".ray").exists() and not (PATH.parent / "auth_token").exists()
+
+
+# ---- the on-premise variant ---------------------------------------------------------
+
+# what ray_cluster.local.yaml changes, as its header lists; everything else is the same
+ON_PREMISE_CHANGES = {"cluster_name", "provider", "auth", "setup_commands",
+                      "docker", "available_node_types", "head_node_type",  # none on-premise
+                      "max_workers", "upscaling_speed", "idle_timeout_minutes"}
+
+
+def test_on_premise_is_the_aws_config_with_the_documented_changes_only(raw, local):
+    for key in (set(raw) | set(local)) - ON_PREMISE_CHANGES:
+        assert local.get(key) == raw.get(key), key
+    assert not {"docker", "available_node_types", "head_node_type"} & set(local)
+    assert local["cluster_name"] != raw["cluster_name"]  # both can be up at once
+    # a venv from the machine's Python first on PATH, then the same install
+    venv, path = local["setup_commands"][:2]
+    assert "python3.11 -m venv ~/.venvs/sal_ray" in venv and ".venvs/sal_ray/bin" in path
+    assert local["setup_commands"][2:] == raw["setup_commands"]
+    prepared = util.prepare_config(copy.deepcopy(local))
+    (node,) = prepared["available_node_types"].values()  # one type: the listed machines
+    assert prepared["max_workers"] == len(local["provider"]["worker_ips"])
+    assert node["min_workers"] == node["max_workers"] == prepared["max_workers"]
+
+
+def test_on_premise_mistakes_are_caught_by_the_same_check(local):
+    typed = copy.deepcopy(local)
+    typed["available_node_types"] = {"head": {"resources": {}, "node_config": {}}}
+    with pytest.raises(Exception, match="available_node_types is not supported"):
+        util.prepare_config(typed)
+    no_workers = copy.deepcopy(local)
+    no_workers["provider"]["worker_ip"] = no_workers["provider"].pop("worker_ips")
+    with pytest.raises(Exception, match="head_ip. and list of .worker_ips"):
+        util.prepare_config(no_workers)
+
+
+def test_on_premise_credentials_are_paths_on_the_laptop(local):
+    """The SSH key is named by its path on your machine, never written here."""
+    text = LOCAL.read_text()
+    assert "PRIVATE KEY" not in text and not re.search(r"AKIA[0-9A-Z]{16}", text)
+    assert set(local["auth"]) == {"ssh_user", "ssh_private_key"}
+    assert local["auth"]["ssh_private_key"].startswith("~/")
+    secret = re.compile(r"(?i)secret|password|private_key|access_key|credential|token")
+    named = [p for p, k in _keys(local) if secret.search(str(k))]
+    assert named == ["/auth/ssh_private_key", "/file_mounts/~/.ray/auth_token"]
+
+
+@pytest.mark.parametrize("path", [PATH, LOCAL], ids=lambda p: p.name)
+def test_the_heads_mlflow_admits_the_cluster_address_and_localhost_only(path):
+    """MLflow checks the Host header: the list is the tracking URI's host:port (what
+    the driver and the workers use) and localhost on any port (a tunnel), and it
+    replaces MLflow's default (localhost and private ranges, which missed a head
+    whose address is outside them). tests/test_launcher.py exercises it."""
+    cfg = yaml.safe_load(path.read_text())
+    server = [c for c in cfg["head_start_ray_commands"] if "mlflow server" in c]
+    assert len(server) == 1
+    hosts = re.search(r'--allowed-hosts "([^"]+)"', server[0]).group(1).split(",")
+    assert hosts == ["${MLFLOW_TRACKING_URI#http://}", "localhost:*", "127.0.0.1:*"]
+    assert "--host 0.0.0.0 --port 5000" in server[0]
+    setup = " ".join(cfg["head_setup_commands"])
+    assert "MLFLOW_TRACKING_URI=http://$(hostname -I | awk '{print $1}'):5000" in setup
+    # ray up returns only once the server listens (or fails with its log)
+    wait = cfg["head_start_ray_commands"][cfg["head_start_ray_commands"].index(server[0]) + 1]
+    assert "/dev/tcp/127.0.0.1/5000" in wait and "server.log; exit 1" in wait
