@@ -4,6 +4,7 @@ two creating one new SQLite store both get it (docs/reliability.md)."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ import pytest
 
 import sal_ray
 from sal_ray import ConfigError
-from sal_ray.locks import FileLock, Held
+from sal_ray.fs import FileLock, Held
 from sal_ray.sweep import storage
 
 
@@ -20,7 +21,7 @@ def test_a_lock_is_exclusive_between_processes_and_dies_with_its_holder(tmp_path
     path = tmp_path / "x.lock"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from sal_ray.locks import FileLock
+        from sal_ray.fs import FileLock
         FileLock({str(path)!r}).acquire()
         print("held", flush=True)
         time.sleep(60)
@@ -34,24 +35,26 @@ def test_a_lock_is_exclusive_between_processes_and_dies_with_its_holder(tmp_path
         holder.kill()
         holder.wait()
     with FileLock(path):  # the OS released the killed holder's lock
-        assert path.read_text() == f"pid {__import__('os').getpid()}"
+        assert path.read_text() == f"pid {os.getpid()}"
 
 
-def test_a_sweep_name_another_driver_holds_is_refused_before_anything_starts(tmp_path,
-                                                                             monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("Ray must not start")
-    monkeypatch.setattr("sal_ray.sweep.runtime.init_ray", refuse)
-    monkeypatch.chdir(tmp_path)
-    runs = tmp_path / "runs"
+@pytest.mark.ray
+def test_a_sweep_name_another_driver_holds_is_refused_before_any_run_exists(ray_local,
+                                                                           tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    runs, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
     other = storage.claim(str(runs), "twin")  # the first driver, still running
     try:
         with pytest.raises(ConfigError) as info:
             sal_ray.tune("digits", ["sal"], {"lr": [0.1]}, sampler="grid", name="twin",
-                         fixed={"epochs": 1, "width": 16}, storage_path=str(runs), verbose=0)
+                         fixed={"epochs": 1, "width": 16}, storage_path=str(runs),
+                         tracking_uri=uri, experiment="races", verbose=0)
         assert info.value.option == "name"
-        assert f"being run by another driver (pid {__import__('os').getpid()})" in str(info.value)
-        assert not (tmp_path / "mlflow.db").exists()
+        assert f"being run by another driver (pid {os.getpid()})" in str(info.value)
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name("races")
+        assert client.search_runs([experiment.experiment_id]) == []  # no parent, no trial
+        assert not (runs / "twin").exists()  # and no Tune experiment
     finally:
         other.release()
     assert storage.claim(str(runs), "twin") is not None  # free again once released

@@ -17,6 +17,20 @@ def short(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+class StopOnStorageError(rt.Stopper):
+    """Ends the whole sweep once a trial hit a full or failing disk: every other
+    trial writes to the same storage and store."""
+
+    def __init__(self, progress: "SweepProgress"):
+        self.progress = progress
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return bool(self.progress.storage_errors)
+
+
 class SweepProgress(rt.Callback):
     def __init__(self, plan: Plan, echo: Callable = print_line):
         self.plan, self.echo = plan, echo
@@ -25,6 +39,7 @@ class SweepProgress(rt.Callback):
         self.status: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self.trial_of_path: dict[str, str] = {}
+        self.storage_errors: list[tuple[str, str]] = []  # (trial id, what failed)
         self.order: list[str] = []
         self.done = 0
 
@@ -45,6 +60,11 @@ class SweepProgress(rt.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = dict(result)
+        if result.get("trial_status") == "storage_error":
+            if not self.storage_errors:
+                self.echo(f"[storage] {result.get('dataset')}/{result.get('method')} trial "
+                          f"{trial.trial_id}: {result.get('message')}; the sweep stops")
+            self.storage_errors.append((trial.trial_id, str(result.get("message"))))
 
     def _end(self, trial, trials, error: bool):
         tid = self._seen(trial)

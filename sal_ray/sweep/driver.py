@@ -18,11 +18,13 @@ Digits run, one). docs/sweeps.md has the how.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import time
 from typing import Any, Sequence
 
 from ..config import METHODS
-from . import checks, storage
+from . import checks, record, storage
 from .options import RunOptions
 from .plan import check_data, plan
 
@@ -41,7 +43,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          table_by: Sequence[str] | None = None, dry_run: bool = False,
          resume: bool = False, max_failures: int = 3, checkpoint_every: int = 1,
          finish_wait_s: float = 120.0, callbacks: Sequence[Any] = (),
-         layout: str | dict[str, str] = "data"):
+         layout: str | dict[str, str] = "data", script: dict[str, Any] | None = None):
     """Search trainer configurations with Ray Tune + Optuna, tracked in MLflow.
 
     What to search:
@@ -92,18 +94,33 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     finish_wait_s: at the end, how long to wait for a tracking store that is away
         before leaving the pending writes for `resume`.
     callbacks: extra Ray Tune callbacks for the driver.
+    script: a study script's own options, stored with the sweep (sweeps/*.py).
+
+    What a sweep was started with is stored beside it (record.py): a resume
+    restores every option left out, and refuses, by name, one given again with
+    another value that it cannot honour.
 
     Returns SweepResults (the Plan for a dry run). Raises ConfigError (naming the
     option) before any trial starts when an input is wrong.
     """
     t0 = time.perf_counter()
-    opts = RunOptions(tracking_uri, address, num_cpus, max_concurrent, time_budget_s,
-                      storage_path, log_model, flush_every_s, verbose, table_by, resume,
-                      max_failures, checkpoint_every, finish_wait_s, tuple(callbacks),
-                      layout).check(name)
-    search = dict(fixed=fixed, method_spaces=method_spaces, trials=trials, sampler=sampler,
-                  metric=metric, mode=mode, scheduler=scheduler, seeds=seeds,
-                  resources=resources, experiment=experiment, name=name)
+    given = dict(locals())
+    del given["t0"]
+    if resume is True and name is not None:
+        checks.sweep_name(name)
+        stored = record.load(storage.storage_path(storage_path), name)
+        if stored is not None:
+            given = record.restore(name, stored["options"], given, DEFAULTS)
+    return _tune(t0, given)
+
+
+def _tune(t0: float, given: dict[str, Any]):
+    g = dict(given)
+    datasets, methods, space, name = g["datasets"], g["methods"], g["space"], g["name"]
+    dry_run = g["dry_run"]
+    opts = RunOptions(**{f.name: g[f.name] for f in dataclasses.fields(RunOptions)}).check(name)
+    search = {k: g[k] for k in ("fixed", "method_spaces", "trials", "sampler", "metric", "mode",
+                                "scheduler", "seeds", "resources", "experiment", "name")}
     p = plan(datasets, methods, space, data="note" if dry_run else "skip", **search)
     folder = storage.storage_path(opts.storage_path)
     storage.check_sweep_folder(folder, p.name, opts.resume)
@@ -111,14 +128,11 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     if dry_run:
         opts.echo(p.describe())
         return p
-    claim = storage.claim(folder, p.name)
-    try:
-        storage.check_sweep_folder(folder, p.name, opts.resume)  # again, now that it is ours
-        # Ray, Optuna and MLflow load here: a dry run and `import sal_ray.sweep` never do
-        from . import execute, runtime
-        if not runtime.on_cluster(opts.address):  # local trials read this machine's disk
-            check_data(p.studies)
-        return execute.run_sweep(p, opts, folder, layouts, opts.echo, t0)
-    finally:
-        if claim is not None:
-            claim.release()
+    # Ray, Optuna and MLflow load here: a dry run and `import sal_ray.sweep` never do
+    from . import execute, runtime
+    if not runtime.on_cluster(opts.address):  # local trials read this machine's disk
+        check_data(p.studies)
+    return execute.run_sweep(p, opts, folder, layouts, opts.echo, t0, {**g, "name": p.name})
+
+
+DEFAULTS = {k: v.default for k, v in inspect.signature(tune).parameters.items()}

@@ -16,44 +16,69 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ..tracking import store
 from ..tracking.sink import FLUSH_EVERY_S
-from . import parent, ray_compat, runtime
-from .console import SweepProgress
+from . import parent, ray_compat, record, runtime
+from . import storage as storage_mod
+from .console import StopOnStorageError, SweepProgress
 from .delivery import deliver_pending, wait_for_store
 from .options import RunOptions
 from .plan import Plan
 from .results import SweepResults, best_and_pareto, trial_records, trials_table
 from .searcher import StudySearcher
-from .storage import sweep_folder
+from .storage import StorageError, storage_failure, sweep_folder
 from .trial import run_trial
 from .trial_state import TrialContext
 
-ENDED = ["completed", "diverged", "failed", "stopped", "crashed"]
+ENDED = ["completed", "diverged", "failed", "stopped", "crashed", "storage_error"]
 
 
 def run_sweep(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable,
-              t0: float) -> SweepResults:
+              t0: float, options: dict) -> SweepResults:
+    """Run the planned sweep; `options`: every tune() option, stored with it."""
     # from here on only the public form of the store's URI exists; its secret, if
     # any, is in the environment of the processes that talk to the store
     # (this process keeps it: SweepResults.runs() reads the store afterwards)
     uri, store_env = store.split_secret(store.resolve_uri(opts.tracking_uri))
     os.environ.update(store_env)
+    try:
+        return _run(p, opts, storage, layouts, echo, t0, options, uri, store_env)
+    except StorageError:
+        raise
+    except Exception as e:  # a full disk under the store or the storage: one line
+        failure = storage_failure(e)
+        if failure is None:
+            raise
+        raise StorageError(f"the sweep's storage ({storage}) or MLflow store ({uri}) "
+                           f"cannot be written: {failure}") from None
+
+
+def _run(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable, t0: float,
+         options: dict, uri: str, store_env: dict) -> SweepResults:
     runtime.quiet_engines_urls()
     echo(p.describe())
     echo(f"tracking: {uri}, experiment '{p.experiment}'")
     experiment_id = runtime.start_store_and_ray(uri, p.experiment, opts.address, opts.num_cpus)
-    if opts.resume:
-        parent_id = parent.reopen_parent(uri, experiment_id, p, echo)
-    else:
-        parent_id = parent.open_parent(uri, experiment_id, p, storage)
+    # the name is this driver's from here to the end: a second driver under it stops
+    # here, before any run of its own exists
+    claim = storage_mod.claim(storage, p.name)
     try:
-        res, records, sweep_path = fit_tuner(p, opts, uri, experiment_id, parent_id, storage,
-                                             layouts, echo, store_env)
-    except BaseException as e:
-        parent.mark_crashed(uri, parent_id, e)
-        raise
-    res.elapsed_s = time.perf_counter() - t0
-    finish(res, records, sweep_path, uri, echo, opts)
-    return res
+        storage_mod.check_sweep_folder(storage, p.name, opts.resume)  # again, now it is ours
+        if opts.resume:
+            parent_id = parent.reopen_parent(uri, experiment_id, p, echo)
+        else:
+            record.save(storage, p.name, options, options.get("script"))
+            parent_id = parent.open_parent(uri, experiment_id, p, storage)
+        try:
+            res, records, sweep_path = fit_tuner(p, opts, uri, experiment_id, parent_id,
+                                                 storage, layouts, echo, store_env)
+        except BaseException as e:
+            parent.mark_crashed(uri, parent_id, e)
+            raise
+        res.elapsed_s = time.perf_counter() - t0
+        finish(res, records, sweep_path, uri, echo, opts)
+        return res
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id: str,
@@ -112,7 +137,8 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
         with runtime.QuietEngines(opts.verbose):
             tuner = rt.Tuner.restore(sweep_folder(storage, p.name), trainable,
                                      resume_unfinished=True, resume_errored=True)
-        ray_compat.replace_callbacks(tuner, [progress, *opts.callbacks])
+        ray_compat.replace_callbacks(tuner, [progress, *opts.callbacks],
+                                     StopOnStorageError(progress))
         searcher = None
     else:
         with runtime.QuietEngines(opts.verbose):
@@ -126,6 +152,7 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
                                       time_budget_s=opts.time_budget_s),
             run_config=rt.RunConfig(
                 name=p.name, storage_path=storage, callbacks=[progress, *opts.callbacks],
+                stop=StopOnStorageError(progress),
                 verbose=0 if opts.verbose < 2 else 1,
                 failure_config=rt.FailureConfig(max_failures=opts.max_failures),
                 # the latest is all a restart needs; older ones only cost disk
@@ -138,8 +165,10 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
     records = trial_records(grid, progress)
     df = trials_table(p, records)
     best, pareto = best_and_pareto(p, df, records, studies)
-    return SweepResults(p.name, p, df, best, pareto, studies, uri, p.experiment,
-                        experiment_id, parent_id, 0.0), records, grid.experiment_path
+    res = SweepResults(p.name, p, df, best, pareto, studies, uri, p.experiment,
+                       experiment_id, parent_id, 0.0)
+    res.storage_error = progress.storage_errors[0][1] if progress.storage_errors else ""
+    return res, records, grid.experiment_path
 
 
 def finish(res: SweepResults, records: list[dict], sweep_path: str, uri: str, echo: Callable,
@@ -162,6 +191,34 @@ def finish(res: SweepResults, records: list[dict], sweep_path: str, uri: str, ec
              f"it is back: {resume_how}.")
         res.undelivered = True
         return
+    try:
+        outcome, in_store, left = record_outcome(res, records, uri, echo, opts, ended)
+    except Exception as e:
+        failure = storage_failure(e)
+        if failure is None:
+            raise
+        raise StorageError(f"the MLflow store {uri} cannot be written: {failure}; the "
+                           f"sweep's parent run stays unfinished: {resume_how}") from None
+    word = {"completed": "done", "interrupted": "INTERRUPTED", "incomplete": "INCOMPLETE"}
+    echo(f"\nsweep '{res.name}' {word[outcome]} in {res.elapsed_s:.0f} s; {in_store} of "
+         f"{res.plan.total_trials} trials in MLflow experiment '{res.experiment}'.")
+    if res.storage_error:
+        echo(f"It stopped on a storage error: {res.storage_error}")
+    if outcome != "completed":
+        echo(f"Resume it: {resume_how}.")
+    if res.undelivered:
+        echo(f"{left} MLflow write(s) are still pending in trial checkpoints; resume to deliver.")
+    echo(f"Open the MLflow UI:  {store.ui_command(uri)}")
+    echo(f"  then filter runs:  tags.sweep = '{res.name}'")
+    if res.storage_error:
+        raise StorageError(res.storage_error)
+
+
+def record_outcome(res: SweepResults, records: list[dict], uri: str, echo: Callable,
+                   opts: RunOptions, ended: int) -> tuple[str, int, int]:
+    """Deliver what trials left pending, close their open runs, and read back what
+    the store holds: the outcome ("completed", "interrupted" or "incomplete"), how
+    many trials are in the store, and how many writes still wait."""
     delivered, left = deliver_pending(records, uri)
     if delivered:
         echo(f"delivered {delivered} MLflow write(s) a tracking outage had left pending")
@@ -172,19 +229,19 @@ def finish(res: SweepResults, records: list[dict], sweep_path: str, uri: str, ec
     # the run ids of every trial, from the store: a trial whose store was away when
     # it reported could not name them
     by_trial = parent.run_ids_by_trial(children)
+    missing = []
     if len(res.trials):
         res.trials["mlflow_run_ids"] = [",".join(by_trial.get(t, [])) for t in res.trials.trial_id]
         for b in res.best.values():
             b["mlflow_run_ids"] = ",".join(by_trial.get(b["trial_id"], []))
+        missing = [f"{r.trial_id} ({r.dataset}/{r.method}, {r.status})"
+                   for r in res.trials.itertuples() if not by_trial.get(r.trial_id)]
+    if missing:
+        echo(f"not in MLflow ({len(missing)}): " + "; ".join(missing))
     # fewer trials than planned: Ctrl-C or time_budget_s ended the sweep early
-    outcome = "completed" if ended >= res.plan.total_trials else "interrupted"
-    parent.close_parent(uri, res, outcome, ended, opts.table_by)
-    echo(f"\nsweep '{res.name}' {'done' if outcome == 'completed' else 'INTERRUPTED'} in "
-         f"{res.elapsed_s:.0f} s; {ended} of {res.plan.total_trials} trials in MLflow "
-         f"experiment '{res.experiment}'.")
-    if outcome != "completed":
-        echo(f"Resume it: {resume_how}.")
-    if res.undelivered:
-        echo(f"{left} MLflow write(s) are still pending in trial checkpoints; resume to deliver.")
-    echo(f"Open the MLflow UI:  {store.ui_command(uri)}")
-    echo(f"  then filter runs:  tags.sweep = '{res.name}'")
+    outcome = ("incomplete" if res.storage_error or missing else
+               "completed" if ended >= res.plan.total_trials else "interrupted")
+    parent.close_parent(uri, res, outcome, ended, opts.table_by,
+                        res.storage_error or ("not in MLflow: " + "; ".join(missing)
+                                              if missing else ""))
+    return outcome, len(res.trials) - len(missing), left

@@ -55,6 +55,9 @@ class RunOptions:
         checks.positive_int("num_cpus", self.num_cpus, allow_none=True)
         checks.count("max_failures", self.max_failures)
         checks.count("checkpoint_every", self.checkpoint_every)
+        if not isinstance(self.callbacks, (list, tuple)):
+            raise ConfigError("callbacks", f"must be a list of Ray Tune callbacks; got "
+                              f"{type(self.callbacks).__name__}")
         if not isinstance(self.resume, bool):
             raise ConfigError("resume", f"must be True or False; got {self.resume!r}")
         if self.resume and name is None:

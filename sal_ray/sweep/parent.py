@@ -115,10 +115,13 @@ def run_ids_by_trial(children: list) -> dict[str, list[str]]:
     return {t: [rid for _, rid in sorted(runs)] for t, runs in by_trial.items()}
 
 
-def close_parent(uri: str, res, outcome: str, ended: int, table_by=None) -> None:
+def close_parent(uri: str, res, outcome: str, ended: int, table_by=None,
+                 message: str = "") -> None:
     """Outcome, best trials and the tables on the parent run; then end it."""
     tags = {"status": outcome, "elapsed_s": f"{res.elapsed_s:.1f}",
             "trials_ended": f"{ended}/{res.plan.total_trials}"}
+    if message:
+        tags["status_message"] = message[:500]
     best_json = {}
     for (d, m), b in res.best.items():
         tags[f"best.{d}.{m}"] = b["trial_id"]
@@ -135,5 +138,5 @@ def close_parent(uri: str, res, outcome: str, ended: int, table_by=None) -> None
             res.table() + "\n" + (f"\n{res.grid(table_by)}\n" if table_by else ""))
         Path(tmp, "best.json").write_text(json.dumps(best_json, indent=2, default=str))
         store.with_retry(c.log_artifacts, res.parent_run_id, tmp)
-    store.with_retry(c.set_terminated, res.parent_run_id,
-                     "FINISHED" if outcome == "completed" else "KILLED")
+    store.with_retry(c.set_terminated, res.parent_run_id, {
+        "completed": "FINISHED", "interrupted": "KILLED"}.get(outcome, "FAILED"))

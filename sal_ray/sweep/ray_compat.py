@@ -18,11 +18,14 @@ def cluster_on_this_machine() -> bool:
     return find_bootstrap_address(None) is not None
 
 
-def replace_callbacks(tuner, callbacks: list) -> None:
-    """A restored Tuner runs the callbacks pickled at the sweep's first start;
-    `Tuner.restore` takes no run config, so this session's callbacks (which hold
-    this session's console and results) replace those copies here."""
-    tuner._local_tuner.get_run_config().callbacks = list(callbacks)
+def replace_callbacks(tuner, callbacks: list, stop=None) -> None:
+    """A restored Tuner runs the callbacks (and stopper) pickled at the sweep's
+    first start; `Tuner.restore` takes no run config, so this session's, which
+    hold this session's console and results, replace those copies here."""
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks = list(callbacks)
+    if stop is not None:
+        run_config.stop = stop
 
 
 def restored_search_alg(tuner):

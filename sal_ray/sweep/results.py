@@ -113,6 +113,7 @@ class SweepResults:
     parent_run_id: str
     elapsed_s: float
     undelivered: bool = False        # MLflow writes still wait in trial checkpoints
+    storage_error: str = ""          # what stopped the sweep, if a disk failed
 
     @property
     def metric(self) -> str:

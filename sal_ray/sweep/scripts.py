@@ -17,9 +17,13 @@ from typing import Any, Callable, Sequence
 from ..config import DATASETS, ConfigError
 from ..data import DataError
 from ..tracking.store import redact
-from . import checks
+from . import checks, record
 from .driver import tune
-from .storage import newest_sweep, storage_path
+from .storage import StorageError, newest_sweep, storage_path
+
+# Flags of this session only: never stored with a sweep, never restored.
+SESSION_FLAGS = ("resume", "dry_run", "verbose", "address", "storage_path", "name",
+                 "study_datasets", "study_seeds", "flag_defaults")
 
 
 def script_parser(doc: str, *, datasets: Sequence[str], seeds: int) -> argparse.ArgumentParser:
@@ -70,6 +74,7 @@ def study_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     """Parse a study script's options and refuse, naming the flag, values the sweep
     would otherwise replace by a default or misread."""
     args = parser.parse_args(argv)
+    args.flag_defaults = vars(parser.parse_args([]))  # what "not given" looks like
     cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
     if cpus is not None and not (math.isfinite(cpus) and cpus > 0):
         raise ConfigError("cpus_per_trial", f"must be a number > 0; got {cpus}")
@@ -94,17 +99,41 @@ def study_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
 def run_main(main: Callable, argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run a study script's `main(argv)` as a command: bad input (ConfigError, or
     data that is not on disk) prints one line and returns 2, with no traceback,
-    before anything starts; Ctrl-C returns 130. Anything else is a bug: it raises."""
+    before anything starts; a full or failing disk one line and 1; Ctrl-C returns
+    130. Anything else is a bug: it raises."""
     prog = prog or os.path.basename(sys.argv[0] or "sal-ray")
     try:
         main(argv)
     except (ConfigError, DataError) as err:
         print(f"{prog}: error: {redact(str(err))}", file=sys.stderr)
         return 2
+    except StorageError as err:  # a full or failing disk stopped it: no traceback either
+        print(f"{prog}: error: {redact(str(err))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def script_flags(args) -> dict[str, Any]:
+    """The flags a sweep is stored with (to be restored on --resume)."""
+    return {k: v for k, v in vars(args).items() if k not in SESSION_FLAGS}
+
+
+def restore_flags(args, name: str):
+    """--resume NAME: every flag left out takes the value the sweep started with; one
+    given again with another value is refused, by name. A sweep stored without its
+    flags (an older version, or started from Python) resumes with the flags given."""
+    stored = record.load(storage_path(args.storage_path), name)
+    if stored is None or not stored.get("script"):
+        return args
+    defaults = getattr(args, "flag_defaults", {})
+    given = {k: getattr(args, k, None) for k in stored["script"]}
+    restored = record.restore(name, stored["script"], given, defaults, flag="--{}")
+    for k, v in restored.items():
+        setattr(args, k, v)
+    return args
 
 
 def _on_cluster(address: str | None) -> bool:
@@ -127,6 +156,12 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
     apply with --quick: datasets, seeds, trials, fixed, space, scheduler; options
     given on the command line (--datasets, --seeds, --trials, --epochs) win over
     both. On a cluster each trial takes `gpus` GPUs."""
+    resume = args.resume is not None
+    if resume:
+        prefix = f"{study}{'-quick' if args.quick else ''}-"
+        name = args.resume if isinstance(args.resume, str) else \
+            args.name or newest_sweep(storage_path(args.storage_path), prefix)
+        args = restore_flags(args, name)
     datasets, seeds = list(args.study_datasets), args.study_seeds
     space, fixed = dict(space), dict(fixed)
     if args.quick:
@@ -150,13 +185,9 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
                  else (2.0 * cpus if on_cluster and gpus else cpus),
                  "gpu": args.gpus_per_trial if args.gpus_per_trial is not None
                  else (gpus if on_cluster else 0.0)}
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    prefix = f"{study}{'-quick' if args.quick else ''}-"
-    name = args.name or f"{prefix}{stamp}"
-    resume = args.resume is not None
-    if resume:
-        name = args.resume if isinstance(args.resume, str) else \
-            args.name or newest_sweep(storage_path(args.storage_path), prefix)
+    if not resume:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = args.name or f"{study}{'-quick' if args.quick else ''}-{stamp}"
     workers = getattr(args, "workers_per_trial", None)
     if workers is not None:
         resources["workers"] = workers
@@ -170,4 +201,4 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
                 name=name, tracking_uri=args.tracking_uri, address=args.address,
                 max_concurrent=args.max_concurrent, verbose=args.verbose, table_by=by,
                 dry_run=args.dry_run, storage_path=args.storage_path, resume=resume,
-                layout=layout)
+                layout=layout, script=script_flags(args))

@@ -6,10 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ConfigError
-from ..locks import FileLock, Held
+from ..fs import FileLock, Held, disk_failure
 from .checks import inside
 
-CLAIMS = ".claims"  # under the storage path: one lock file per sweep name
+CLAIMS = ".sweeps"  # under the storage path: each sweep name's lock (and record.py's record)
+
+
+class StorageError(RuntimeError):
+    """The sweep's storage or its tracking store cannot be written (a full disk, an
+    I/O error): the sweep stopped; the message names the path and the cause."""
+
+
+def storage_failure(error: BaseException) -> str | None:
+    """What failed, if `error` (or its cause) is a full or failing disk; else None."""
+    if isinstance(error, StorageError):
+        return str(error)
+    return disk_failure(error)
 
 
 def storage_path(path) -> str:

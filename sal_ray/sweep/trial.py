@@ -25,6 +25,7 @@ from ..tracking import store
 from ..tracking.sink import MLflowSink, default_run_name
 from ..tracking.writes import metric_list
 from ..train import CHECKPOINT_NAME, Callback, fit
+from .storage import StorageError, storage_failure
 from .trial_state import TrialContext, TrialFolder, config_key, run_key, trial_summary
 
 
@@ -75,6 +76,9 @@ class TuneReporter(Callback):
         every = self.ctx.checkpoint_every
         keep = every > 0 and (epoch % every == 0 or epoch >= self.epochs)
         rt.report(self.last, checkpoint=self.folder.checkpoint() if keep else None)
+        if self.folder.outbox.disk_full:  # the store is full, not away: waiting won't help
+            raise StorageError(f"the MLflow store {self.ctx.tracking_uri} cannot be "
+                               f"written: {self.folder.outbox.disk_full}")
 
 
 @dataclass
@@ -120,6 +124,14 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     folder = TrialFolder(ctx, rt.get_checkpoint())
     try:
         run_seeds(config, ctx, folder, rt.get_context().get_trial_id())
+    except Exception as e:
+        # a full or failing disk: say so and end, where Tune would retry the trial
+        # against the same disk until it gave up; the driver stops the sweep
+        failure = storage_failure(e)
+        if failure is None:
+            raise
+        rt.report({"dataset": config["dataset"], "method": config["method"],
+                   "trial_status": "storage_error", "message": failure})
     finally:
         folder.remove()
 

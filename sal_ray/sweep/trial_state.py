@@ -17,6 +17,7 @@ import torch
 from ray import tune as rt
 
 from ..tracking.outbox import Outbox
+from .storage import StorageError
 
 # Final metrics summarised as mean ± std over seeds in the trials table.
 FINAL_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss", "wall_time_s", "samples_per_s")
@@ -50,11 +51,12 @@ class TrialContext:
 
 
 def trial_status(result: dict | None, error: bool = False) -> str:
-    """completed | diverged | failed | stopped | crashed, from a trial's last result."""
+    """completed | diverged | failed | storage_error | stopped | crashed, from a
+    trial's last result."""
     if error:
         return "crashed"
     status = (result or {}).get("trial_status")
-    if status in ("completed", "diverged", "failed"):
+    if status in ("completed", "diverged", "failed", "storage_error"):
         return status
     return "stopped" if result else "crashed"
 
@@ -128,12 +130,16 @@ class TrialFolder:
 
     def checkpoint(self) -> rt.Checkpoint:
         """The folder as a Tune checkpoint (Tune copies it to the sweep's storage)."""
-        self.outbox.save()
-        path = self.work / self.FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"seed_index": self.seed_index, "prior": self.prior,
-                                   "weights": self.weights}))
-        os.replace(tmp, path)
+        try:
+            self.outbox.save()
+            path = self.work / self.FILE
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"seed_index": self.seed_index, "prior": self.prior,
+                                       "weights": self.weights}))
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StorageError(f"cannot write the trial's checkpoint in {self.work}: "
+                               f"{e.strerror or e}") from e
         return rt.Checkpoint.from_directory(str(self.work))
 
     def remove(self) -> None:

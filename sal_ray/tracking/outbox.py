@@ -35,6 +35,7 @@ from typing import Any
 
 from mlflow.entities import Metric
 
+from ..fs import disk_failure
 from . import writes
 from .store import client, redact, with_retry
 
@@ -68,6 +69,7 @@ class Outbox:
         self.dropped: list[str] = []        # ops the store refused for good, and why
         self.error = ""                     # why the last delivery stopped
         self.written = 0                    # ops that changed the store (not already there)
+        self.disk_full = ""                 # the store's disk is full or failing: why
         self._failures = 0
         self._next_try = 0.0
         self._steps: dict[tuple[str, str], set[int]] = {}  # (run key, metric) -> steps stored
@@ -149,6 +151,7 @@ class Outbox:
                     self._drop_file(op)
                     continue
                 self.error = _reason(e)
+                self.disk_full = disk_failure(e) or ""
                 self.uncertain.add(op["key"])  # the store may have taken part of it
                 self._steps = {k: v for k, v in self._steps.items() if k[0] != op["key"]}
                 self._failures += 1
@@ -156,7 +159,7 @@ class Outbox:
                 return False
             self.ops.pop(0)
             self._drop_file(op)
-        self._failures, self.error = 0, ""
+        self._failures, self.error, self.disk_full = 0, "", ""
         return True
 
     def _drop_file(self, op: dict) -> None:

@@ -22,7 +22,7 @@ from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 from ..config import ConfigError
-from ..locks import FileLock
+from ..fs import FileLock
 
 # URI schemes MLflow reads runs from (a '+driver' suffix is allowed: postgresql+psycopg2).
 STORE_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql",

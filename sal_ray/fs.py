@@ -1,8 +1,9 @@
-"""Exclusive locks between processes on one machine, by `flock` on a file.
+"""The file system under a sweep: exclusive locks between processes, and telling a
+full or failing disk from other errors.
 
-The operating system drops the lock when its holder exits, killed or not, so a
-lock never outlives a crashed driver. (On network file systems flock may only
-be local to each machine: docs/reliability.md.)
+A lock is `flock` on a file: the operating system drops it when its holder exits,
+killed or not, so it never outlives a crashed driver. (On network file systems
+flock may only be local to each machine: docs/reliability.md.)
 """
 
 from __future__ import annotations
@@ -11,8 +12,32 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import time
 from pathlib import Path
+
+# What a full disk or a failing one says, as errno or as text (pyarrow's and
+# SQLite's errors carry no errno): a sweep stops on these instead of retrying.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+DISK_TEXT = re.compile(r"No space left on device|Disk quota exceeded|Read-only file system|"
+                       r"Input/output error|database or disk is full|disk I/O error|"
+                       r"File too large", re.IGNORECASE)
+
+
+def disk_failure(error: BaseException | None) -> str | None:
+    """The line that says a disk is full or failing, anywhere in `error`'s chain
+    (with the file it names, if any), or None for any other error."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if (isinstance(error, OSError) and error.errno in DISK_ERRNOS) or DISK_TEXT.search(text):
+            where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+            first = next((line for line in text.splitlines() if DISK_TEXT.search(line)),
+                         text.splitlines()[0] if text else type(error).__name__)
+            return (first.strip() + where)[:400]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class Held(RuntimeError):
