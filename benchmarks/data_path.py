@@ -1,6 +1,8 @@
 """Is the data path ever the bottleneck? (CPU, the paper's batch 16.)
 
-1. One epoch of `epoch_batches` over a synthetic 60,000 x 1,024 float32 set
+1. One epoch of the trainer's own data path (`sal_ray.data.batches`, what
+   `train.train_epoch` runs: `epoch_order`, then `batch_indices` and
+   `gather_rows` per batch) over a synthetic 60,000 x 1,024 float32 set
    (CIFAR-10's size after preprocessing), batches only, against one training
    step of the Convergence net (1024 -> 256 -> 10, ReLU, plain torch forward +
    backward + SGD) at the same batch size. Floor: one contiguous copy of the
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sal_ray.data import DATASETS_INFO, epoch_batches, load
+from sal_ray.data import DATASETS_INFO, batch_indices, epoch_order, gather_rows, load
 from sal_ray.data import cache as data_cache
 
 N, D, HIDDEN, CLASSES, BATCH = 60_000, 1_024, 256, 10, 16
@@ -39,9 +41,9 @@ def best_of(fn, repeats: int) -> float:
 
 
 def bench_batches(x, y, repeats):
-    def epoch():
-        for xb, yb in epoch_batches(x, y, BATCH, epoch_seed=0):
-            pass
+    def epoch():  # as train.train_epoch takes its batches (one process)
+        for idx_B in batch_indices(epoch_order(0, 1, len(y), x.device), BATCH):
+            xb, yb = gather_rows(x, y, idx_B)
     return best_of(epoch, repeats)
 
 
@@ -106,7 +108,7 @@ def main() -> None:
 
     print("\n1. batches vs model step (best of repeats; median in brackets)")
     print(f"{'what':44} {'per epoch':>12} {'per batch':>12}")
-    print(f"{'epoch_batches (randperm + index_select)':44} {b_best * 1e3:9.1f} ms "
+    print(f"{'trainer batches (randperm + index_select)':44} {b_best * 1e3:9.1f} ms "
           f"{batch_us:9.1f} µs   [{b_med / n_batches * 1e6:.1f} µs]")
     print(f"{'floor: one contiguous copy of the set':44} {f_best * 1e3:9.1f} ms "
           f"{f_best / n_batches * 1e6:9.1f} µs")

@@ -81,7 +81,7 @@ def sent_bytes(shape, method, layout, world, elem) -> int | None:
         return 2 * (world - 1) * (c.total + c.router) * elem
     if method != "sal":
         return None
-    from sal_ray.distributed.layer_parallel import balanced_bounds, layer_sizes
+    from sal_ray.distributed.partition import balanced_bounds, layer_sizes
     cuts = balanced_bounds(layer_sizes(arch, method), world)[1:-1]
     return batch * elem * (sum(arch.layers[b - 1].d_out for b in cuts) + (world - 1) * C)
 
@@ -224,11 +224,13 @@ def _lp_worker(group, name, shape, method, dtype_name, kernel):
     """One layer-parallel SAL step per call: this rank builds only its own stage
     (balanced cut), stage 0 reads the batch, every stage gets the labels."""
     from sal_ray.distributed import layer_parallel as lp
+    from sal_ray.distributed.partition import balanced_bounds, layer_sizes
     from sal_ray.rules import SALRule
+    from sal_ray.train import train_step
     dtype = getattr(torch, dtype_name)
     cfg = config(shape, method, kernel)
     arch = arch_of(shape, method)
-    bounds = lp.balanced_bounds(lp.layer_sizes(arch, method), group.world)
+    bounds = balanced_bounds(layer_sizes(arch, method), group.world)
     stage = lp.Stage(arch, method, bounds[group.rank], bounds[group.rank + 1],
                      kernel=kernel).to(device=group.device, dtype=dtype)
     x, y = batch_of(shape, group.device, dtype)
@@ -236,7 +238,7 @@ def _lp_worker(group, name, shape, method, dtype_name, kernel):
               lambda net, xb, yb: lp.stage_grads(net, xb, yb, group, SALRule()),
               x, y, x, y, param_counts(arch, method), group.device)
     xs = x if group.rank == 0 else None
-    t = timed_together(lambda: lp.train_step(run, xs, y), group)
+    t = timed_together(lambda: train_step(run, xs, y), group)
     return _worker_row(group, name, shape, method, dtype_name, kernel, "layer", t)
 
 

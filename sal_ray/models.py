@@ -116,8 +116,9 @@ class Layer(nn.Module):
             b = b * std * math.sqrt(3.0)
         return b.float()
 
-    def finish(self, x_BI, u_BO):
-        """h = φ(u), plus x on a residual layer; also returns φ(u) for φ'."""
+    def activate_and_skip(self, x_BI, u_BO):
+        """The layer's output from its pre-activation u: h = φ(u), plus the input x on
+        a residual layer. Also returns φ(u), which the SAL update needs for φ'."""
         phi_BO = activate(self.spec.activation, u_BO)
         return (phi_BO + x_BI if self.spec.residual else phi_BO), phi_BO
 
@@ -141,7 +142,7 @@ class Net(nn.Module):
         h = x_BI
         for layer in self.layers:
             u, areas = self._layer_pre(layer, h)
-            h, _ = layer.finish(h, u)
+            h, _ = layer.activate_and_skip(h, u)
             all_areas.append(areas)
         return h, all_areas
 
@@ -158,10 +159,18 @@ class Net(nn.Module):
         return routed_linear(x_BI, w, b, areas, self.kernel), areas
 
 
+def net_options(cfg: Config) -> dict:
+    """The options a `Net` (or a layer layout's stage of one) is built with, after
+    its architecture and method: the same for every layout, so each builds the
+    same layers from the same seeds."""
+    return dict(seed=cfg.run.seed, area_init=cfg.model.area_init,
+                feedback_dist=cfg.sal.feedback_dist, feedback_scale=cfg.sal.feedback_scale,
+                kernel=cfg.run.kernel, init=cfg.model.init)
+
+
 def build_net(cfg: Config, input_dim: int, n_classes: int) -> Net:
     arch = Architecture.from_config(cfg, input_dim, n_classes)
-    return Net(arch, cfg.model.method, cfg.run.seed, cfg.model.area_init,
-               cfg.sal.feedback_dist, cfg.sal.feedback_scale, cfg.run.kernel, cfg.model.init)
+    return Net(arch, cfg.model.method, **net_options(cfg))
 
 
 @dataclass

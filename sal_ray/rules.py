@@ -1,9 +1,11 @@
 """Learning rules. Each fills `.grad` of the net's parameters for one batch and
 returns the batch loss; one optimizer then applies the update for every method.
 
+- `make_rule(cfg)`: the method's rule as `(net, x, y) -> (loss, logits, areas)`,
+  and `make_optimizer`: the plain SGD that applies every rule's `.grad`.
 - `backprop_grads`: BP and MoE, by autograd of the mean cross-entropy (plus the
   optional Switch load-balancing loss for MoE).
-- `sal_grads`: SAL_SPEC section 2, computed in closed form. No gradient flows
+- `sal_grads`: docs/spec.md section 2, computed in closed form. No gradient flows
   between layers: each layer sees only its own input, pre-activation and the
   batch × C output error E_top. It is `sal_forward` (a block of layers, keeping
   traces), `sal_error` (E_top at the output) and `sal_layer_grads` (one layer),
@@ -16,12 +18,14 @@ parameters stay float32: losses, softmax and errors are taken in float32
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from .config import Config
 from .layers import Routing, activation_grad
 from .models import Net
 
@@ -87,7 +91,7 @@ def sal_forward(layers, h, kernel: str = "auto"):
         z_BF, areas_B = layer.router(h) if layer.router is not None else (None, None)
         routing = Routing(h, areas_B, layer.spec.n_areas, layer.spec.d_out, kernel)
         u_BO = routing.linear(layer.areas.weight, layer.areas.bias)
-        h_next, phi_BO = layer.finish(h, u_BO)
+        h_next, phi_BO = layer.activate_and_skip(h, u_BO)
         traces.append(LayerTrace(routing, z_BF, u_BO, phi_BO, h_next))
         all_areas.append(areas_B)
         h = h_next
@@ -140,7 +144,7 @@ def sal_layer_grads(layer, trace: LayerTrace, E_top_BC, onehot_BC, rule: SALRule
 
 @torch.no_grad()
 def sal_grads(net: Net, x_BI, y_B, rule: SALRule = SALRule()):
-    # Split in three so that a layer-parallel worker (sal_ray.distributed.
+    # Split in three so that a layer-layout stage (sal_ray.distributed.
     # layer_parallel) runs the same code on its block of layers.
     h, traces, all_areas = sal_forward(net.layers, x_BI, net.kernel)
     h = full_precision(h)
@@ -149,3 +153,40 @@ def sal_grads(net: Net, x_BI, y_B, rule: SALRule = SALRule()):
     for layer, trace in zip(net.layers, traces):
         sal_layer_grads(layer, trace, E_top_BC, onehot_BC, rule)
     return loss, h, all_areas
+
+
+def autocast(cfg: Config, device_type: str):
+    """precision bf16: matmuls in bfloat16 over float32 weights; fp32: nothing."""
+    if cfg.run.precision == "bf16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_rule(cfg: Config) -> Callable:
+    """The method's gradient rule as `(net, x, y) -> (loss, logits, areas)`,
+    under `autocast` (so every layout that calls it gets it too)."""
+    if cfg.model.method == "sal":
+        rule = SALRule(cfg.sal.lambda_local, cfg.sal.output_local, cfg.sal.area_grad_scale)
+        grads = lambda net, x, y: sal_grads(net, x, y, rule)  # noqa: E731
+    else:
+        balance = cfg.model.moe_balance if cfg.model.method == "moe" else 0.0
+        grads = lambda net, x, y: backprop_grads(net, x, y, balance)  # noqa: E731
+
+    def step(net, x, y):
+        with autocast(cfg, x.device.type):
+            return grads(net, x, y)
+    return step
+
+
+def make_optimizer(net: Net, cfg: Config) -> torch.optim.Optimizer:
+    """Plain SGD, no momentum or weight decay: those would move areas no sample
+    chose. SAL's selectors get their own rate (lr_sel, default lr)."""
+    selectors = [l.router.weight for l in net.layers
+                 if l.router is not None and net.method == "sal"]
+    chosen = {id(p) for p in selectors}
+    rest = [p for p in net.parameters() if id(p) not in chosen]
+    groups = [{"params": rest, "lr": cfg.optim.lr}]
+    if selectors:
+        groups.append({"params": selectors, "lr": cfg.sal.lr_sel or cfg.optim.lr})
+    # foreach: one fused update over all tensors instead of a Python loop per tensor
+    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=0.0)

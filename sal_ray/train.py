@@ -2,7 +2,9 @@
 
     config -> data -> net -> rule -> fit() -> callbacks (console, MLflow, Tune)
 
-The core never imports the orchestration layers: they plug in as `Callback`s.
+The core never imports the orchestration layers: they plug in as `Callback`s,
+and a multi-worker layout (`sal_ray.distributed`) as a `Layout` passed to
+`build` and `fit`: one epoch loop and one fit loop serve every layout.
 Everything that can be wrong with the input is checked in `build()`, before
 any training; a run writes an atomic checkpoint after every epoch when given a
 folder, so a failure mid-run loses nothing already finished.
@@ -10,7 +12,6 @@ folder, so a failure mid-run loses nothing already finished.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -20,12 +21,14 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import checkpoint
 from . import data as datasets
-from .config import DEFAULTS, Config, ConfigError, validate
-from .models import Net, ParamCounts, build_net, param_counts
-from .rules import SALRule, backprop_grads, full_precision, sal_grads
+from .checkpoint import CHECKPOINT_NAME  # noqa: F401 - a public name of sal_ray.train
+from .config import Config, ConfigError, validate
+from .data.batches import batch_indices, epoch_order, gather_rows
+from .models import Architecture, Net, ParamCounts, build_net, param_counts
+from .rules import autocast, full_precision, make_optimizer, make_rule  # the rules' parts of a run
 
-CHECKPOINT_NAME = "checkpoint.pt"
 # A non-finite loss is looked for this often inside an epoch (one host sync each).
 DIVERGENCE_CHECK_STEPS = 256
 
@@ -83,6 +86,68 @@ class RunResult:
         return self.history[-1] if self.history else {}
 
 
+class Layout:
+    """How a run is spread over workers. This base is one process, the default;
+    a multi-worker layout (`sal_ray.distributed`) overrides what differs and the
+    loop stays the same: which net and rule a worker builds, which part of each
+    global batch it takes, the step, the sum over workers, evaluation,
+    checkpoints, and what it adds to the params and metrics."""
+
+    is_main = True  # callbacks run on the main worker only
+
+    def place(self, cfg: Config) -> Config:
+        """The configuration as this worker runs it (e.g. on its own device)."""
+        return cfg
+
+    def check(self, cfg: Config) -> None:
+        """Refuse, before any work, a configuration this layout cannot run."""
+
+    def make_net(self, cfg: Config, arch: Architecture) -> torch.nn.Module:
+        return build_net(cfg, arch.layers[0].d_in, arch.n_classes)
+
+    def make_rule(self, cfg: Config) -> Callable:
+        return make_rule(cfg)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of a split's inputs this worker keeps."""
+        return x
+
+    def take(self, run: Run, idx_B: torch.Tensor):
+        """(x, y): this worker's part of the global batch `idx_B`."""
+        return gather_rows(run.x_train, run.y_train, idx_B)
+
+    def step(self, run: Run, x_BI, y_B, batch_n: int):
+        """(loss, logits, areas) of one step on (x, y), part of a global batch of
+        `batch_n`; loss and logits are None on a worker that holds no output."""
+        return train_step(run, x_BI, y_B)
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over workers, in place."""
+        return t
+
+    def evaluate(self, run: Run, x, y) -> tuple[float, float]:
+        return evaluate(run, x, y)
+
+    def resume(self, run: Run, folder: str | None) -> tuple[int, list]:
+        return load_checkpoint(run, folder) if folder else (0, [])
+
+    def save(self, run: Run, folder: str, epoch: int, history: list) -> str | None:
+        """Checkpoint the epoch; the folder this worker wrote (None if it wrote none)."""
+        save_checkpoint(run, folder, epoch, history)
+        return folder
+
+    def params(self, run: Run) -> dict[str, Any]:
+        """What this layout adds to the run's params (`Run.params`)."""
+        return {}
+
+    def epoch_fields(self) -> dict[str, float]:
+        """What this layout adds to every epoch's metrics."""
+        return {}
+
+
+ONE_PROCESS = Layout()
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,55 +158,26 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build(cfg: Config) -> Run:
-    """Validate, load data, build the net and optimizer. All input errors surface here."""
+def build(cfg: Config, layout: Layout | None = None) -> Run:
+    """Validate, load data, build the net and optimizer. All input errors surface
+    here. `layout` (default: one process) places the run on its worker, refuses what
+    it cannot run, and says which net and rule this worker builds (the whole net,
+    or a layer layout's stage) and whether it keeps the inputs."""
+    layout = layout or ONE_PROCESS
+    cfg = layout.place(cfg)
     validate(cfg)
+    layout.check(cfg)
     device = resolve_device(cfg.run.device)
     splits = datasets.load(cfg.data.dataset, cfg.data.data_root, cfg.data.download)
     validate(cfg, n_classes=splits.n_classes)
     dtype = getattr(torch, cfg.run.dtype)
-    net = build_net(cfg, splits.input_dim, splits.n_classes).to(device=device, dtype=dtype)
-    return Run(cfg, net, make_optimizer(net, cfg), make_rule(cfg),
-               *(t.to(device) for t in (splits.x_train.to(dtype), splits.y_train,
-                                        splits.x_val.to(dtype), splits.y_val)),
-               counts=param_counts(net.arch, cfg.model.method), device=device)
-
-
-def autocast(cfg: Config, device_type: str):
-    """precision bf16: matmuls in bfloat16 over float32 weights; fp32: nothing."""
-    if cfg.run.precision == "bf16":
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def make_rule(cfg: Config) -> Callable:
-    """The method's gradient rule as `(net, x, y) -> (loss, logits, areas)`,
-    under `autocast` (so the data-parallel layout, which calls it, gets it too)."""
-    if cfg.model.method == "sal":
-        rule = SALRule(cfg.sal.lambda_local, cfg.sal.output_local, cfg.sal.area_grad_scale)
-        grads = lambda net, x, y: sal_grads(net, x, y, rule)  # noqa: E731
-    else:
-        balance = cfg.model.moe_balance if cfg.model.method == "moe" else 0.0
-        grads = lambda net, x, y: backprop_grads(net, x, y, balance)  # noqa: E731
-
-    def step(net, x, y):
-        with autocast(cfg, x.device.type):
-            return grads(net, x, y)
-    return step
-
-
-def make_optimizer(net: Net, cfg: Config) -> torch.optim.Optimizer:
-    """Plain SGD, no momentum or weight decay: those would move areas no sample
-    chose. SAL's selectors get their own rate (lr_sel, default lr)."""
-    selectors = [l.router.weight for l in net.layers
-                 if l.router is not None and net.method == "sal"]
-    chosen = {id(p) for p in selectors}
-    rest = [p for p in net.parameters() if id(p) not in chosen]
-    groups = [{"params": rest, "lr": cfg.optim.lr}]
-    if selectors:
-        groups.append({"params": selectors, "lr": cfg.sal.lr_sel or cfg.optim.lr})
-    # foreach: one fused update over all tensors instead of a Python loop per tensor
-    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=0.0)
+    arch = Architecture.from_config(cfg, splits.input_dim, splits.n_classes)
+    net = layout.make_net(cfg, arch).to(device=device, dtype=dtype)
+    x_train, x_val = (layout.inputs(x).to(dtype).to(device)
+                      for x in (splits.x_train, splits.x_val))
+    return Run(cfg, net, make_optimizer(net, cfg), layout.make_rule(cfg), x_train,
+               splits.y_train.to(device), x_val, splits.y_val.to(device),
+               counts=param_counts(arch, cfg.model.method), device=device)
 
 
 def train_step(run: Run, x_BI, y_B):
@@ -167,33 +203,43 @@ def evaluate(run: Run, x, y) -> tuple[float, float]:
     return loss_sum.item() / n, correct.item() / n
 
 
-def epoch_order(seed: int, epoch: int, n: int, device) -> torch.Tensor:
-    """The data order of an epoch depends only on (seed, epoch), so a run resumed
-    from an epoch's checkpoint sees exactly the batches an unbroken run would."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=gen).to(device)
-
-
-def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
-    bs, n = run.cfg.optim.batch_size, len(run.y_train)
-    order = epoch_order(run.cfg.run.seed, epoch, n, run.device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
-    correct = torch.zeros((), dtype=torch.long, device=run.device)
-    usage = {i: torch.zeros(run.net.arch.layers[i].n_areas, dtype=torch.long, device=run.device)
+def train_epoch(run: Run, epoch: int, layout: Layout = ONE_PROCESS) -> dict[str, Any]:
+    """One pass over the training split in the global batches of `epoch_order`;
+    `layout` says which part of each this worker takes. The sums stay on the
+    device (float64: exact for the counts) until the epoch's one all-reduce."""
+    dev = run.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.float64, device=dev)
+    usage = {i: torch.zeros(run.net.arch.layers[i].n_areas, dtype=torch.float64, device=dev)
              for i in run.routed_layers}
-    for step, start in enumerate(range(0, n, bs)):
-        idx = order[start:start + bs]
-        x, y = run.x_train[idx], run.y_train[idx]
-        loss, logits, areas = train_step(run, x, y)
-        loss_sum += loss.double() * len(idx)
-        correct += (logits.argmax(1) == y).sum()
-        for i, counts in usage.items():
-            counts.index_add_(0, areas[i], torch.ones_like(areas[i]))
-        if (step + 1) % DIVERGENCE_CHECK_STEPS == 0 and not torch.isfinite(loss_sum):
+    order_N = epoch_order(run.cfg.run.seed, epoch, len(run.y_train), dev)
+    for step, idx_B in enumerate(batch_indices(order_N, run.cfg.optim.batch_size)):
+        x, y = layout.take(run, idx_B)
+        loss, logits, areas = layout.step(run, x, y, len(idx_B))
+        if loss is not None:
+            loss_sum += loss.double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        for i, counts in usage.items():  # a layer another worker holds has no areas here
+            if areas[i] is not None:
+                counts.index_add_(0, areas[i], torch.ones_like(areas[i], dtype=torch.float64))
+        # every worker must take the same branch, so decide on the global sum
+        if (step + 1) % DIVERGENCE_CHECK_STEPS == 0 and \
+                not torch.isfinite(layout.all_sum(loss_sum.clone())):
             return {"finite": False}
-    train_loss = loss_sum.item() / n
+    return epoch_totals(loss_sum, correct, usage, len(run.y_train), layout)
+
+
+def epoch_totals(loss_sum, correct, usage: dict, n: int, layout: Layout) -> dict[str, Any]:
+    """The epoch's train loss, accuracy and area usage, summed over workers (one
+    all-reduce, one host sync)."""
+    totals = layout.all_sum(torch.cat([loss_sum.view(1), correct.view(1), *usage.values()]))
+    totals = totals.tolist()
+    train_loss, per_layer, at = totals[0] / n, {}, 2
+    for i, counts in usage.items():
+        per_layer[i] = [int(v) for v in totals[at:at + counts.numel()]]
+        at += counts.numel()
     return {"finite": math.isfinite(train_loss), "train_loss": train_loss,
-            "train_acc": correct.item() / n, "usage": {i: c.tolist() for i, c in usage.items()}}
+            "train_acc": totals[1] / n, "usage": per_layer}
 
 
 def usage_metrics(usage: dict[int, list[int]]) -> dict[str, float]:
@@ -208,100 +254,100 @@ def usage_metrics(usage: dict[int, list[int]]) -> dict[str, float]:
 
 
 def save_checkpoint(run: Run, folder: str, epoch: int, history: list) -> str:
-    """Atomic: a crash mid-write leaves the previous checkpoint readable."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, CHECKPOINT_NAME)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    # the RNG states too: nothing in a step draws from them today, but a rule that
-    # does must resume exactly; the data order needs none (epoch_order)
-    torch.save({"epoch": epoch, "history": history, "config": run.cfg.to_flat(),
-                "net": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if run.device.type == "cuda"
-                        else None}}, tmp)
-    os.replace(tmp, path)
-    return path
+    """The core checkpoint (`sal_ray.checkpoint`): atomic, plain tensors and values."""
+    return checkpoint.save(folder, epoch=epoch, history=history, config=run.cfg.to_flat(),
+                           net=run.net.state_dict(), optimizer=run.optimizer.state_dict(),
+                           rng=checkpoint.rng_state(run.device))
 
 
 def load_checkpoint(run: Run, folder: str) -> tuple[int, list]:
-    """Restore a run from `folder`; returns (epochs done, history). (0, []) if none."""
-    path = os.path.join(folder, CHECKPOINT_NAME)
-    if not os.path.exists(path):
+    """Restore a run from `folder`; returns (epochs done, history). (0, []) if none.
+    Another configuration's checkpoint is refused (ConfigError), an unreadable
+    one raises `checkpoint.CheckpointError` naming the file."""
+    state = checkpoint.read(folder, map_location=run.device)
+    if state is None:
         return 0, []
-    state = torch.load(path, map_location=run.device, weights_only=False)
-    mine = run.cfg.to_flat()
-    # an option newer than the checkpoint counts as its default there
-    saved = {**DEFAULTS, **state["config"]}
-    differ = {k: (saved.get(k), v) for k, v in mine.items()
-              if k not in ("epochs", "device") and saved.get(k) != v}
-    if differ:
-        raise ConfigError(next(iter(differ)), f"checkpoint in {folder} was written by a "
-                          f"different configuration: {differ}")
+    checkpoint.check_config(state["config"], run.cfg, folder)
     run.net.load_state_dict(state["net"])
     run.optimizer.load_state_dict(state["optimizer"])
-    rng = state.get("rng") or {}
-    if rng.get("torch") is not None:
-        torch.set_rng_state(rng["torch"].cpu())
-    if rng.get("cuda") is not None and run.device.type == "cuda":
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    checkpoint.restore_rng(state.get("rng"), run.device)
     return state["epoch"], state["history"]
 
 
-def epoch_metrics(run: Run, epoch: int, wall0: float, train_fn: Callable = train_epoch,
-                  eval_fn: Callable = evaluate) -> tuple[dict[str, float] | None, str]:
+def epoch_metrics(run: Run, epoch: int, wall0: float, layout: Layout = ONE_PROCESS
+                  ) -> tuple[dict[str, float] | None, str]:
     """Train one epoch and evaluate it: (metrics, ""), or (None, why) when the
-    training or validation loss became non-finite. `train_fn` and `eval_fn`
-    default to this process's; the data-parallel loop passes its own."""
+    training or validation loss became non-finite."""
     t0 = time.perf_counter()
-    stats = train_fn(run, epoch)
+    stats = train_epoch(run, epoch, layout)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     train_time = time.perf_counter() - t0
     if not stats["finite"]:
         return None, (f"training loss became non-finite in epoch {epoch}; "
                       f"stopped (lr={run.cfg.optim.lr:g})")
-    val_loss, val_acc = eval_fn(run, run.x_val, run.y_val)
+    val_loss, val_acc = layout.evaluate(run, run.x_val, run.y_val)
     if not math.isfinite(val_loss):
         return None, f"validation loss became non-finite in epoch {epoch}"
     return {"epoch": epoch, "train_loss": stats["train_loss"],
             "train_acc": stats["train_acc"], "val_loss": val_loss, "val_acc": val_acc,
             "samples_per_s": len(run.y_train) / train_time, "epoch_time_s": train_time,
-            "wall_time_s": time.perf_counter() - wall0, **usage_metrics(stats["usage"])}, ""
+            "wall_time_s": time.perf_counter() - wall0, **usage_metrics(stats["usage"]),
+            **layout.epoch_fields()}, ""
+
+
+def check_folder(checkpoint_dir: str) -> None:
+    """An unusable checkpoint folder is bad input: refuse it before any epoch."""
+    try:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError("checkpoint_dir", f"cannot use {checkpoint_dir} for "
+                          f"checkpoints: {e.strerror or e}") from None
+    if not os.access(checkpoint_dir, os.W_OK):
+        raise ConfigError("checkpoint_dir", f"{checkpoint_dir} is not writable")
 
 
 def fit(cfg: Config, callbacks: Sequence[Callback] = (), checkpoint_dir: str | None = None,
-        run: Run | None = None, checkpoint_every: int = 1) -> RunResult:
+        run: Run | None = None, checkpoint_every: int = 1, *, layout: Layout | None = None,
+        resume_dir: str | None = None,
+        on_epoch_end: Callable[[dict, str | None], None] | None = None) -> RunResult:
     """Train `cfg` to the end (or divergence); report after every epoch.
 
-    With `checkpoint_dir`, an existing checkpoint there is resumed from and a
-    new one written every `checkpoint_every` epochs and after the last, before
-    the callbacks hear of that epoch (a callback may ship the folder elsewhere).
+    With `checkpoint_dir`, an existing checkpoint there (or in `resume_dir`, if
+    given) is resumed from and a new one written every `checkpoint_every` epochs
+    and after the last, before the callbacks hear of that epoch (a callback may
+    ship the folder elsewhere). `layout`: one process (default) or a multi-worker
+    layout, on every worker; callbacks run on its main worker only.
+    `on_epoch_end(metrics with the parameter counts, folder)` runs on every worker
+    after each epoch, `folder` being what this worker checkpointed (None if
+    nothing): how the Ray wrapper hands each worker's checkpoint to Ray.
     """
-    if checkpoint_dir:  # an unusable folder is bad input: refuse it before any epoch
-        try:
-            os.makedirs(checkpoint_dir, exist_ok=True)
-        except OSError as e:
-            raise ConfigError("checkpoint_dir", f"cannot use {checkpoint_dir} for "
-                              f"checkpoints: {e.strerror or e}") from None
-        if not os.access(checkpoint_dir, os.W_OK):
-            raise ConfigError("checkpoint_dir", f"{checkpoint_dir} is not writable")
-    run = run or build(cfg)
-    done, history = load_checkpoint(run, checkpoint_dir) if checkpoint_dir else (0, [])
+    layout = layout or ONE_PROCESS
+    if checkpoint_dir:
+        check_folder(checkpoint_dir)
+    run = run or build(cfg, layout)
+    done, history = layout.resume(run, resume_dir or checkpoint_dir)
     run.history = list(history)
+    callbacks = callbacks if layout.is_main else ()
     for cb in callbacks:
         cb.on_start(run)
-    result = RunResult("completed", run.params(), history, counts=run.counts.as_dict(), net=run.net)
+    result = RunResult("completed", {**run.params(), **layout.params(run)}, history,
+                       counts=run.counts.as_dict(), net=run.net)
     wall0 = time.perf_counter() - (history[-1]["wall_time_s"] if history else 0.0)
-    for epoch in range(done + 1, cfg.optim.epochs + 1):
-        metrics, why = epoch_metrics(run, epoch, wall0)
+    last = cfg.optim.epochs
+    for epoch in range(done + 1, last + 1):
+        metrics, why = epoch_metrics(run, epoch, wall0, layout)
         if metrics is None:
             result.status, result.message = "diverged", why
             break
         history.append(metrics)
-        if checkpoint_dir and (epoch % checkpoint_every == 0 or epoch == cfg.optim.epochs):
-            save_checkpoint(run, checkpoint_dir, epoch, history)
+        folder = None
+        if checkpoint_dir and (epoch % checkpoint_every == 0 or epoch == last):
+            folder = layout.save(run, checkpoint_dir, epoch, history)
         for cb in callbacks:
             cb.on_epoch(metrics)
+        if on_epoch_end is not None:
+            on_epoch_end({**metrics, **result.counts}, folder)
     for cb in callbacks:
         cb.on_end(result)
     return result

@@ -1,54 +1,65 @@
-"""Device-resident batches and the preprocessing primitives."""
+"""The trainer's data path (sal_ray.data.batches) and the preprocessing primitives."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from sal_ray.data import DeviceBatches, epoch_batches
+from sal_ray.data import batch_indices, epoch_order, gather_rows
 from sal_ray.data.preprocess import normalise_pixels, rgb_to_gray_uint8
+
+
+def epoch(x, y, batch_size, seed=0, n_epoch=1):
+    """One epoch's batches, as the trainer takes them."""
+    order = epoch_order(seed, n_epoch, len(y), x.device)
+    return [gather_rows(x, y, idx) for idx in batch_indices(order, batch_size)]
 
 
 def test_an_epoch_visits_every_sample_once():
     x = torch.arange(103, dtype=torch.float32)[:, None].repeat(1, 4)
     y = torch.arange(103)
-    batches = list(epoch_batches(x, y, 16, epoch_seed=7))
+    batches = epoch(x, y, 16, seed=7)
     assert [len(b[1]) for b in batches] == [16] * 6 + [7]
     seen = torch.cat([b[1] for b in batches])
     assert sorted(seen.tolist()) == list(range(103))
     for xb, yb in batches:  # rows stay paired with their labels
         assert torch.equal(xb[:, 0].long(), yb)
     assert not torch.equal(seen, y)  # shuffled
+    xb, _ = batches[0]
+    assert xb.data_ptr() != x.data_ptr()  # a fresh tensor: the caller may keep or modify it
 
 
-def test_epoch_order_is_a_function_of_the_seed():
-    x, y = torch.randn(50, 3), torch.arange(50)
-    order = lambda seed: torch.cat([b for _, b in epoch_batches(x, y, 8, seed)])  # noqa: E731
-    assert torch.equal(order(3), order(3))
-    assert not torch.equal(order(3), order(4))
-    g = torch.Generator().manual_seed(3)
-    assert torch.equal(order(3), torch.randperm(50, generator=g))
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+    order = lambda seed, ep: epoch_order(seed, ep, 50, "cpu")  # noqa: E731
+    assert torch.equal(order(3, 1), order(3, 1))
+    assert not torch.equal(order(3, 1), order(4, 1))
+    assert not torch.equal(order(3, 1), order(3, 2))
+    # the exact draw, which every trajectory so far depends on: randperm from a
+    # CPU generator seeded with seed * 1_000_003 + epoch
+    g = torch.Generator().manual_seed(3 * 1_000_003 + 2)
+    assert torch.equal(order(3, 2), torch.randperm(50, generator=g))
+    assert torch.equal(order(0, 3), torch.randperm(50, generator=torch.Generator().manual_seed(3)))
 
 
-def test_drop_last_and_device_batches():
-    x, y = torch.randn(50, 3), torch.arange(50)
-    assert [len(b) for _, b in epoch_batches(x, y, 16, 0, drop_last=True)] == [16, 16, 16]
-    db = DeviceBatches(x, y, 16)
-    assert len(db) == 4 and len(DeviceBatches(x, y, 16, drop_last=True)) == 3
-    assert sum(len(b) for _, b in db.batches(1)) == 50
-    first_x, _ = next(db.in_order())
-    assert first_x.data_ptr() == db.x.data_ptr()  # a view, no copy
+def test_batches_are_views_of_the_order_and_refuse_a_bad_size():
+    order = torch.randperm(50)
+    parts = list(batch_indices(order, 16))
+    assert [len(p) for p in parts] == [16, 16, 16, 2]
+    assert torch.equal(torch.cat(parts), order)
+    assert parts[1].data_ptr() == order[16:].data_ptr()  # a view, no copy
     with pytest.raises(ValueError):
-        next(epoch_batches(x, y[:3], 4, 0))
+        next(batch_indices(order, 0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_batches_stay_on_the_device():
-    db = DeviceBatches(torch.randn(40, 3), torch.arange(40), 16, device="cuda")
-    xb, yb = next(db.batches(0))
+    x, y = torch.randn(40, 3), torch.arange(40)
+    on_gpu = epoch(x.cuda(), y.cuda(), 16)
+    xb, yb = on_gpu[0]
     assert xb.device.type == "cuda" and yb.device.type == "cuda"
-    cpu = torch.cat([b for _, b in epoch_batches(torch.randn(40, 3), torch.arange(40), 16, 0)])
-    assert torch.equal(torch.cat([b for _, b in db.batches(0)]).cpu(), cpu)
+    # the same order on every device
+    assert torch.equal(torch.cat([b for _, b in on_gpu]).cpu(),
+                       torch.cat([b for _, b in epoch(x, y, 16)]))
 
 
 def test_gray_matches_pil_convert_L_exactly():

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / "sal_ray"
-CORE = ["config", "layers", "models", "rules", "train", "data", "cli", "__init__"]
+CORE = ["config", "layers", "models", "rules", "train", "checkpoint", "data", "cli",
+        "__init__"]
 ALLOWED_THIRD_PARTY = {"torch", "numpy", "sklearn", "torchvision", "scipy", "h5py", "PIL"}
 ENGINES = {"ray", "optuna", "mlflow"}
 
@@ -32,6 +33,18 @@ def test_core_imports_only_torch_numpy_sklearn_torchvision():
     for path in core_files():
         third = imported_roots(path) - stdlib - {"sal_ray"}
         assert third <= ALLOWED_THIRD_PARTY, f"{path.name} imports {third - ALLOWED_THIRD_PARTY}"
+
+
+def test_the_trainer_core_never_imports_the_layouts():
+    """Parallelism is applied from outside: the layouts import the core's loop,
+    never the other way round."""
+    for name in ("config", "layers", "models", "rules", "train", "checkpoint", "data"):
+        for path in ([PKG / f"{name}.py"] if (PKG / f"{name}.py").exists()
+                     else sorted((PKG / name).rglob("*.py"))):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    assert "distributed" not in (node.module or ""), path.name
+                    assert all("distributed" not in a.name for a in node.names), path.name
 
 
 def test_core_trains_with_the_engines_unimportable():

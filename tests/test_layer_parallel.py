@@ -8,16 +8,19 @@ expensive part on a small machine); the tests then read its results.
 
 import functools
 import os
+import shutil
 
 import pytest
 import torch
 
 from sal_ray import Config, fit
+from sal_ray.checkpoint import CheckpointError
 from sal_ray.config import ConfigError
-from sal_ray.distributed import Group, spawn, spawn_fit
+from sal_ray.distributed import Group, check_layout, gather_checkpoint, spawn, spawn_fit
+from sal_ray.distributed import fit as fit_workers
 from sal_ray.distributed import layer_parallel as lp
-from sal_ray.distributed.data_parallel import _fit_jobs
-from sal_ray.distributed.data_parallel import fit as fit_workers
+from sal_ray.distributed import partition
+from sal_ray.distributed.launch import _fit_jobs
 from sal_ray.models import Architecture, param_counts
 from sal_ray.train import CHECKPOINT_NAME, build
 
@@ -91,7 +94,7 @@ def test_two_stages_match_one_process(lp_runs, name):
         assert {k: v for k, v in a.items() if k.startswith("area")} == \
                {k: v for k, v in b.items() if k.startswith("area")}
     arch = build(cfg).net.arch
-    bounds = lp.stage_bounds(arch, "sal", 2, cut)
+    bounds = partition.stage_bounds(arch, "sal", 2, cut)
     assert got.config["stage_bounds"] == ",".join(map(str, bounds))
     assert got.config["layout"] == "layer_parallel" and got.config["num_workers"] == 2
     assert got.config["params_total"] == ref.config["params_total"]
@@ -108,8 +111,9 @@ def test_stage_shards_and_manifest(lp_runs):
                      "stages.json"]
     # each shard holds only its stage's layers, under the full net's key names
     for rank, layers in ((0, {0, 1, 2}), (1, {3})):
+        # plain tensors and values: it loads without unpickling any object
         shard = torch.load(os.path.join(two_to_one, f"stage-{rank}-of-2.e00001.pt"),
-                           weights_only=False)
+                           weights_only=True)
         assert {int(k.split(".")[1]) for k in shard["net"]} == layers
         assert len(shard["optimizer"]["param_groups"]) == (2 if rank == 0 else 1)
 
@@ -118,7 +122,7 @@ def test_checkpoint_from_two_stages_resumes_in_one_process(lp_runs, tmp_path):
     results, two_to_one, _ = lp_runs
     assert [m["epoch"] for m in results["two_to_one"].history] == [1]
     core = str(tmp_path / "core")
-    lp.gather_checkpoint(two_to_one, core)
+    gather_checkpoint(two_to_one, core)
     resumed = fit(RESUMED, checkpoint_dir=core)  # the core trainer, 1 process
     whole = reference(RESUMED)
     assert [m["epoch"] for m in resumed.history] == [1, 2]
@@ -149,16 +153,56 @@ def test_checkpoint_of_another_configuration_is_refused(lp_runs):
         lp.fit(RESUMED.replace(lr=0.1), Group(), resume_dir=two_to_one)
 
 
+def _drop_option(path, option):
+    """Rewrite a checkpoint file as a version before `option` existed wrote it."""
+    state = torch.load(path, weights_only=True)
+    del state["config"][option]
+    torch.save(state, path)
+
+
+def test_a_checkpoint_from_before_an_option_resumes_in_the_layer_layout(lp_runs, tmp_path):
+    """As in one process (test_precision): an option newer than the checkpoint
+    counts as its default there, for a core checkpoint and for stage shards."""
+    _, two_to_one, _ = lp_runs
+    core, shards = tmp_path / "core", tmp_path / "shards"
+    fit(RESUMED.replace(epochs=1), checkpoint_dir=str(core))
+    shutil.copytree(two_to_one, shards)
+    for path in [core / CHECKPOINT_NAME, *shards.glob("stage-*.pt")]:
+        _drop_option(path, "precision")  # RESUMED runs the default, fp32
+    for folder in (core, shards):
+        got = lp.fit(RESUMED, Group(), resume_dir=str(folder), gather_net=True)
+        assert [m["epoch"] for m in got.history] == [1, 2]
+        assert_same_weights(got.net, reference(RESUMED).net, build(RESUMED).net)
+    # an option the run sets away from its default still has to match
+    for path in shards.glob("stage-*.pt"):
+        _drop_option(path, "lr_sel")  # RESUMED has lr_sel=0.1, the default is None
+    with pytest.raises(ConfigError, match="lr_sel"):
+        lp.fit(RESUMED, Group(), resume_dir=str(shards))
+
+
+def test_an_unreadable_shard_or_manifest_is_named(lp_runs, tmp_path):
+    _, two_to_one, _ = lp_runs
+    broken = tmp_path / "broken"
+    shutil.copytree(two_to_one, broken)
+    (broken / "stage-1-of-2.e00001.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="stage-1-of-2.e00001.pt"):
+        lp.fit(RESUMED, Group(), resume_dir=str(broken))
+    (broken / "stages.json").write_text("{")
+    with pytest.raises(CheckpointError, match="stages.json"):
+        lp.fit(RESUMED, Group(), resume_dir=str(broken))
+
+
 def test_a_stage_holds_only_its_own_layers():
     """Areas, selectors and feedback of its layers, nothing of the others'; no
     process group is needed to build one."""
     cfg = JOBS["residual"][0]
     for rank in (0, 1):
-        run, bounds = lp.build_stage(cfg, Group(rank, 2))
-        lo, hi = bounds[rank], bounds[rank + 1]
+        layout = lp.LayerParallel(Group(rank, 2))
+        run = build(cfg, layout)  # the core's one build path, with the layer layout
+        lo, hi = layout.bounds[rank], layout.bounds[rank + 1]
         held = run.net.state_dict()
         assert {int(k.split(".")[1]) for k in held} == set(range(lo, hi))
-        sizes = lp.layer_sizes(run.net.arch)
+        sizes = partition.layer_sizes(run.net.arch)
         assert sum(t.numel() for t in held.values()) == sum(sizes[lo:hi])
         assert (len(run.x_train) > 0) == (rank == 0)  # later stages never read the data
 
@@ -182,7 +226,7 @@ def test_backprop_methods_are_refused(method, tmp_path):
             call()
         assert err.value.option == "layout"
         assert f"method '{method}'" in str(err.value) and "layout='data'" in str(err.value)
-    lp.check_layout(cfg, "data", 2)  # the data layout serves every method
+    check_layout(cfg, "data", 2)  # the data layout serves every method
 
 
 def test_fit_distributed_refuses_before_starting_ray():
@@ -195,37 +239,36 @@ def test_fit_distributed_refuses_before_starting_ray():
 
 def test_more_stages_than_layers_is_refused():
     with pytest.raises(ConfigError, match="at least one layer"):
-        lp.check_layout(BASE.replace(depth=2), "layer", 3)
+        check_layout(BASE.replace(depth=2), "layer", 3)
 
 
 def test_balanced_bounds_minimise_the_largest_stage():
     # [4 1 1 | 1 5] is the only 2-stage cut whose largest stage is 6 (others >= 7)
-    assert lp.balanced_bounds([4, 1, 1, 1, 5], 2) == [0, 3, 5]
-    assert lp.balanced_bounds([5, 1, 1, 1, 4], 2) == [0, 2, 5]
-    assert lp.balanced_bounds([5, 1, 1, 1, 5], 3) == [0, 1, 4, 5]
-    assert lp.balanced_bounds([3, 3, 3], 3) == [0, 1, 2, 3]
-    assert lp.balanced_bounds([7], 1) == [0, 1]
+    assert partition.balanced_bounds([4, 1, 1, 1, 5], 2) == [0, 3, 5]
+    assert partition.balanced_bounds([5, 1, 1, 1, 4], 2) == [0, 2, 5]
+    assert partition.balanced_bounds([5, 1, 1, 1, 5], 3) == [0, 1, 4, 5]
+    assert partition.balanced_bounds([3, 3, 3], 3) == [0, 1, 2, 3]
+    assert partition.balanced_bounds([7], 1) == [0, 1]
     with pytest.raises(ValueError):
-        lp.balanced_bounds([1, 1], 3)
+        partition.balanced_bounds([1, 1], 3)
 
 
 def test_layer_sizes_add_up_to_the_parameter_counts():
     # the Width protocol's 1B-active net, costed without allocating it
     cfg = Config().replace(arch="residual", depth=64, width=4096, n_areas=4, routed="hidden")
     arch = Architecture.from_config(cfg, 1024, 10)
-    sizes, c = lp.layer_sizes(arch), param_counts(arch, "sal")
+    sizes, c = partition.layer_sizes(arch), param_counts(arch, "sal")
     assert sum(sizes) == c.total + c.router + c.fixed
     # the wide input layer (1024 in) is lighter than a hidden one, the output layer
     # is tiny, so the balanced cut gives stage 0 the input layer and 31 hidden ones
-    assert lp.stage_bounds(arch, "sal", 2) == [0, 32, 64]
-    assert lp.stage_bounds(arch, "sal", 2, [10]) == [0, 10, 64]
+    assert partition.stage_bounds(arch, "sal", 2) == [0, 32, 64]
+    assert partition.stage_bounds(arch, "sal", 2, [10]) == [0, 10, 64]
     for bad in ([0], [64], [10, 20], []):
         with pytest.raises(ValueError, match="boundaries"):
-            lp.stage_bounds(arch, "sal", 2, bad)
+            partition.stage_bounds(arch, "sal", 2, bad)
 
 
 def test_bf16_is_refused_by_the_layer_layout():
-    from sal_ray.distributed.layer_parallel import check_layout
     with pytest.raises(ConfigError) as info:
         check_layout(Config().replace(precision="bf16"), "layer", 2)
     assert info.value.option == "precision"

@@ -1,4 +1,4 @@
-"""The SAL rule against SAL_SPEC section 2, written out independently here in
+"""The SAL rule against docs/spec.md section 2, written out independently here in
 float64 with a Python loop over samples (the library never loops over samples)."""
 
 import copy

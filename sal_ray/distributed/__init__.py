@@ -1,13 +1,20 @@
-"""Multi-worker layouts, applied from outside the model (the core stays single-device).
+"""Multi-worker layouts, applied from outside the model (the core stays
+single-device): each is a `train.Layout` that the core's one epoch loop and fit
+loop (`train.fit`) run, so no layout copies the loop.
 
-- `data_parallel`: pure torch.distributed (no Ray): sharded batches, all-reduced
-  gradients, rank-0 checkpoints in the core format. Every method. Used by the
-  tests, the benchmarks and any machine without Ray.
-- `layer_parallel`: SAL only, pure torch.distributed: each worker holds a
-  contiguous block of layers; activations go forward stage to stage, the
-  batch × C output error comes back by broadcast, no weight is all-reduced.
-  Per-stage checkpoint shards; `gather_checkpoint` makes a core file of them.
-- `ray_train`: `fit_distributed(..., layout="data"|"layer")`, the same loops on
+- `group`: a worker's place in the process group, and the collectives.
+- `data_parallel`: `DataParallel`, pure torch.distributed (no Ray): sharded
+  batches, all-reduced gradients, rank-0 checkpoints in the core format. Every
+  method.
+- `layer_parallel`: `LayerParallel`, SAL only, pure torch.distributed: each
+  worker holds a contiguous block of layers (`partition` says which);
+  activations go forward stage to stage, the batch × C output error comes back
+  by broadcast, no weight is all-reduced. Per-stage checkpoint shards
+  (`layer_checkpoint`); `gather_checkpoint` makes a core file of them.
+- `layouts`: `check_layout`, which layout serves which method (no Ray, no layout).
+- `launch`: `fit` (what every worker runs) and `spawn`/`spawn_fit` (N local
+  processes: tests, benchmarks, one multi-GPU box without Ray).
+- `ray_train`: `fit_distributed(..., layout="data"|"layer")`, the same `fit` on
   Ray Train's `TorchTrainer`; what `sal_ray.sweep` calls for a trial that asks
   for more than one worker.
 
@@ -15,14 +22,17 @@ Ray loads only when `fit_distributed` is first used. docs/scaling.md says which
 layout serves which method, and what has been measured where.
 """
 
-from .data_parallel import Group, fit, spawn, spawn_fit
-from .layer_parallel import check_layout, gather_checkpoint
+from .group import Group
+from .launch import fit, spawn, spawn_fit
+from .layer_checkpoint import gather_checkpoint
+from .layouts import check_layout
 
-__all__ = ["Group", "check_layout", "fit", "spawn", "spawn_fit", "gather_checkpoint", "fit_distributed",
-           "DistributedRunResult"]
+__all__ = ["Group", "fit", "spawn", "spawn_fit", "gather_checkpoint", "check_layout",
+           "fit_distributed", "DistributedRunResult"]
 
 
-def __getattr__(name):  # deferred: Ray loads only here
+def __getattr__(name):
+    # Ray Train loads here, on first use: the layouts themselves run without Ray
     if name in ("fit_distributed", "DistributedRunResult"):
         from . import ray_train
         return getattr(ray_train, name)

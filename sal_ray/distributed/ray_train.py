@@ -1,9 +1,9 @@
 """Multi-worker runs on Ray Train's `TorchTrainer` (Train V2, Ray >= 2.51).
 
 Ray only places the workers, starts their process group (gloo on CPU, nccl on
-GPU), moves metrics and checkpoints; the training itself is
-`data_parallel.fit` (layout="data", any method) or `layer_parallel.fit`
-(layout="layer", SAL only), the same code the torch-only tests and benchmarks run.
+GPU), moves metrics and checkpoints; the training itself is `launch.fit`, the
+core's `train.fit` in the data layout (any method) or the layer layout (SAL
+only), the same code the torch-only tests and benchmarks run.
 
     result = fit_distributed(cfg, num_workers=4, use_gpu=True,
                              storage_path="/abs/runs", name="sal-w4096")
@@ -27,8 +27,9 @@ import torch
 
 from ..config import Config
 from ..train import Callback, PrintProgress, RunResult
-from .data_parallel import Group, fit
-from .layer_parallel import check_layout
+from .group import Group
+from .launch import fit
+from .layouts import check_layout
 
 
 @dataclass
@@ -56,7 +57,7 @@ def _train_loop_per_worker(config: dict) -> dict:
     layout = config["layout"]
     with tempfile.TemporaryDirectory(prefix="sal-ray-ckpt-") as scratch:
         resume_dir = None
-        # data: only rank 0 reads, data_parallel.fit broadcasts the state;
+        # data: only rank 0 reads, the data layout broadcasts the state;
         # layer: every stage reads its own layers' shards
         if group.is_main or layout == "layer":
             restored = ray.train.get_checkpoint()
@@ -66,8 +67,8 @@ def _train_loop_per_worker(config: dict) -> dict:
                 resume_dir = config["resume_from"]
         out_dir = os.path.join(scratch, "out") if group.is_main or layout == "layer" else None
 
-        def report(metrics: dict, folder: str | None) -> None:
-            # every worker calls report once per epoch (it is a barrier); Tune
+        def publish_to_ray(metrics: dict, folder: str | None) -> None:
+            # every worker calls this once per epoch (ray.train.report is a barrier); Tune
             # keeps rank 0's metrics. Data layout: only rank 0 has a checkpoint;
             # layer layout: every stage reports its shard and Ray merges the
             # workers' folders into one checkpoint folder
@@ -77,7 +78,7 @@ def _train_loop_per_worker(config: dict) -> dict:
             ray.train.report(metrics, checkpoint=checkpoint,
                              checkpoint_dir_name=f"epoch_{int(metrics['epoch']):05d}")
 
-        result = fit(cfg, group, out_dir, callbacks=config["callbacks"], report=report,
+        result = fit(cfg, group, out_dir, callbacks=config["callbacks"], on_epoch_end=publish_to_ray,
                      resume_dir=resume_dir, layout=layout, boundaries=config["boundaries"])
     # what a callback must hand back to the caller (a tracker's undelivered writes)
     states = [cb.state_for_caller() for cb in config["callbacks"]
@@ -126,7 +127,7 @@ def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
       BP and MoE are refused with a ConfigError before Ray starts). `boundaries`:
       for "layer", the W−1 layer indices where stages 1..W−1 start (default:
       balanced by parameter count). The layer layout's Ray checkpoint holds one
-      shard per stage (`layer_parallel.gather_checkpoint` makes a core file).
+      shard per stage (`gather_checkpoint` makes a core file of them).
 
     storage_path: where Ray keeps the run (made absolute here, before any Ray
       worker changes directory); default ~/ray_results.
