@@ -32,7 +32,7 @@ from sal_ray.config import DATASETS, Config, ConfigError, validate  # noqa: E402
 from sal_ray.data import DATASETS_INFO, DataError, check_available, load  # noqa: E402
 from sal_ray.data.loading import data_root  # noqa: E402
 from sal_ray.paper import PROTOCOL, PROTOCOL_SEEDS, PublishedRow, published_row  # noqa: E402
-from sal_ray.train import fit  # noqa: E402
+from sal_ray.trainer import fit  # noqa: E402
 
 COLUMNS = [("Baseline", "bp", 1)] + [(f"SAL-{n}", "sal", n) for n in (1, 2, 4, 8, 16)]
 # Options this script sets from its own flags: a --set of one would run

@@ -50,7 +50,7 @@ from step import floors, measure_rates, sync, timed  # noqa: E402  (also puts th
 
 from sal_ray.config import Config  # noqa: E402
 from sal_ray.models import Architecture, build_net, param_counts  # noqa: E402
-from sal_ray.train import Run, make_optimizer, make_rule  # noqa: E402
+from sal_ray.trainer import Run, make_optimizer, make_rule  # noqa: E402
 
 METHODS = ("sal", "bp", "moe")
 LAYOUTS = ("data", "layer")
@@ -226,7 +226,7 @@ def _lp_worker(group, name, shape, method, dtype_name, kernel):
     from sal_ray.distributed import layer_parallel as lp
     from sal_ray.distributed.partition import balanced_bounds, layer_sizes
     from sal_ray.rules import SALRule
-    from sal_ray.train import train_step
+    from sal_ray.trainer import train_step
     dtype = getattr(torch, dtype_name)
     cfg = config(shape, method, kernel)
     arch = arch_of(shape, method)

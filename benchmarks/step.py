@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from sal_ray.config import Config  # noqa: E402
 from sal_ray.models import build_net  # noqa: E402
-from sal_ray.train import make_optimizer, make_rule  # noqa: E402
+from sal_ray.trainer import make_optimizer, make_rule  # noqa: E402
 
 SHAPES = {  # name: (input dim, classes, arch, depth, width, n_areas, routed, batch)
     "digits-2x256-b16": (64, 10, "mlp", 2, 256, 16, "first", 16),

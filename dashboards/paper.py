@@ -9,32 +9,7 @@ and LOSSES, Table 3 as the report's loss table shows it.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
-
-def _load_sal_ray_paper():
-    """sal_ray.paper without running sal_ray/__init__.py.
-
-    sal_ray/paper.py imports only the standard library, but `import
-    sal_ray.paper` first runs the package's __init__, which loads torch and
-    the trainer, and dashboards/ never does (tests/test_dashboard_report.py).
-    find_spec on the top-level package locates it without executing it; the
-    one file is then run on its own."""
-    if "sal_ray.paper" in sys.modules:  # already imported by a process that trains
-        return sys.modules["sal_ray.paper"]
-    package = importlib.util.find_spec("sal_ray")
-    if package is None or not package.submodule_search_locations:
-        raise ImportError("dashboards needs the sal_ray package beside it (sal_ray/paper.py)")
-    path = f"{list(package.submodule_search_locations)[0]}/paper.py"
-    spec = importlib.util.spec_from_file_location("dashboards._sal_ray_paper", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-_paper = _load_sal_ray_paper()
+import sal_ray.paper as _paper  # stdlib only: `import sal_ray` loads no torch
 
 ACCURACY = _paper.ACCURACY
 DATASET_ORDER = _paper.DATASET_ORDER

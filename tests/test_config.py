@@ -4,11 +4,9 @@ import sys
 
 import pytest
 
-import sal_ray.train  # noqa: F401  (the module; sal_ray.train is also the function)
+import sal_ray.trainer as train_mod
 from sal_ray.config import DEFAULTS, Config, ConfigError, validate
 from sal_ray.models import LayerSpec
-
-train_mod = sys.modules["sal_ray.train"]
 
 
 def test_flat_round_trip_with_strings():

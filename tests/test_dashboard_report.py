@@ -12,6 +12,7 @@ import base64
 import math
 import pathlib
 import re
+import subprocess
 import sys
 from collections import defaultdict
 from html.parser import HTMLParser
@@ -386,15 +387,22 @@ def test_cli_ui_defaults_to_localhost_and_documents_exposure(tmp_path, monkeypat
 
 
 def test_dashboards_never_train():
-    """dashboards/ reads MLflow only: no torch, no trainer, no Ray."""
+    """dashboards/ reads MLflow only: no torch, no trainer, no Ray. Of sal_ray it
+    uses the store's one URI resolver and redactor, and the published numbers."""
+    allowed = {"sal_ray.tracking.store", "sal_ray.paper"}
     for path in sorted((REPO / "dashboards").glob("*.py")):
-        roots = set()
+        modules = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                roots |= {a.name.split(".")[0] for a in node.names}
+                modules |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                roots.add(node.module.split(".")[0])
-        assert not roots & {"torch", "sal_ray", "ray"}, (path.name, roots)
+                modules.add(node.module)
+        assert not {m.split(".")[0] for m in modules} & {"torch", "ray"}, (path.name, modules)
+        assert {m for m in modules if m.split(".")[0] == "sal_ray"} <= allowed, path.name
+    code = ("import sys, dashboards.report, dashboards.store, dashboards.paper\n"
+            "bad = [m for m in ('torch', 'ray', 'sal_ray.trainer') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=REPO)
 
 
 # ---- the real sweep layer ------------------------------------------------------------

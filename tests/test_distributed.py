@@ -13,7 +13,7 @@ import torch
 from sal_ray import Config, fit
 from sal_ray.distributed import Group, spawn_fit
 from sal_ray.distributed.data_parallel import shard
-from sal_ray.train import CHECKPOINT_NAME, build
+from sal_ray.trainer import CHECKPOINT_NAME, build
 
 # lr large enough that two epochs move the weights far beyond round-off, so a
 # wrong gradient scale would show; float64 so round-off is ~1e-16.

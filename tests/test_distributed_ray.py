@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sal_ray import Config, fit
-from sal_ray.train import CHECKPOINT_NAME, build, load_checkpoint
+from sal_ray.trainer import CHECKPOINT_NAME, build, load_checkpoint
 
 pytestmark = pytest.mark.ray
 

@@ -22,7 +22,7 @@ from sal_ray.distributed import layer_parallel as lp
 from sal_ray.distributed import partition
 from sal_ray.distributed.launch import _fit_jobs
 from sal_ray.models import Architecture, param_counts
-from sal_ray.train import CHECKPOINT_NAME, build
+from sal_ray.trainer import CHECKPOINT_NAME, build
 
 # batch 256 on Digits' 1437 training samples: 6 steps per epoch, 12 in two, with
 # a short last batch; lr large enough that the weights move far beyond round-off

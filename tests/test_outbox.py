@@ -10,7 +10,7 @@ from sal_ray import Config, fit
 from sal_ray.tracking import writes
 from sal_ray.tracking import store as tracking_store
 from sal_ray.tracking.sink import MLflowSink
-from sal_ray.train import Callback
+from sal_ray.trainer import Callback
 from sal_ray.tracking.outbox import Outbox
 
 mlflow = pytest.importorskip("mlflow")

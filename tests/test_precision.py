@@ -6,7 +6,7 @@ import torch
 
 from sal_ray import Config, fit
 from sal_ray.config import ConfigError, validate
-from sal_ray.train import build, train_step
+from sal_ray.trainer import build, train_step
 
 # Settings that learn Digits well in 3 epochs (val acc 0.77-0.93 in fp32).
 FAST = dict(width=64, epochs=3, batch_size=32, lr=0.05)
@@ -119,7 +119,7 @@ def test_routed_products_round_to_bf16_under_autocast(kernel):
 
 
 def test_a_checkpoint_from_before_the_option_resumes_as_fp32(tmp_path):
-    from sal_ray.train import CHECKPOINT_NAME
+    from sal_ray.trainer import CHECKPOINT_NAME
     cfg = Config().replace(width=32, epochs=2, batch_size=32)
     fit(cfg.replace(epochs=1), checkpoint_dir=str(tmp_path))
     path = tmp_path / CHECKPOINT_NAME

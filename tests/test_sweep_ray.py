@@ -23,7 +23,7 @@ import torch
 import sal_ray
 from sal_ray import Config
 from sal_ray.sweep import loguniform
-from sal_ray.train import build
+from sal_ray.trainer import build
 
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.ray

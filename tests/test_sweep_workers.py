@@ -36,7 +36,7 @@ def test_a_two_worker_trial_matches_the_single_process_run(ray_local, tmp_path, 
     assert run.data.params["params_active"] == str(reference.counts["params_active"])
     # the weights logged from the workers' checkpoint are the one-process weights
     path = client.download_artifacts(run.info.run_id, "model/state_dict_s0.pt", str(tmp_path))
-    logged = torch.load(path, weights_only=False)
+    logged = torch.load(path, weights_only=True)
     for name, tensor in reference.net.state_dict().items():
         assert torch.allclose(logged[name], tensor, rtol=0, atol=1e-12), name
 

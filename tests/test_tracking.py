@@ -11,7 +11,7 @@ from sal_ray import Config, fit
 from sal_ray.tracking import provenance, writes
 from sal_ray.tracking import store as tracking_store
 from sal_ray.tracking.sink import MLflowSink
-from sal_ray.train import build
+from sal_ray.trainer import build
 
 mlflow = pytest.importorskip("mlflow")
 

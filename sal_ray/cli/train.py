@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..config import validate
 from ..data import DATASETS_INFO
 from ..models import Architecture, param_counts
-from ..train import train
+from ..trainer import train
 from .options import add_config_options, check_folder, config_from_args
 
 

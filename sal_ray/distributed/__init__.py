@@ -32,8 +32,7 @@ __all__ = ["Group", "fit", "spawn", "spawn_fit", "gather_checkpoint", "check_lay
 
 
 def __getattr__(name):
-    # Ray Train loads here, on first use: the layouts themselves run without Ray
     if name in ("fit_distributed", "DistributedRunResult"):
-        from . import ray_train
+        from . import ray_train  # Ray Train loads here: the layouts run without Ray
         return getattr(ray_train, name)
     raise AttributeError(name)

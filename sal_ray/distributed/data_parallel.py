@@ -31,8 +31,8 @@ import torch.distributed as dist
 
 from ..config import Config
 from ..data.batches import gather_rows
-from ..train import Layout, Run, load_checkpoint, save_checkpoint
-from ..train import evaluate as evaluate_local
+from ..trainer import Layout, Run, load_checkpoint, save_checkpoint
+from ..trainer import evaluate as evaluate_local
 from .group import Group, all_sum, broadcast_state, on_every_worker
 
 # Gradients are all-reduced in flat buckets of at most this many elements: few

@@ -14,8 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..config import Config
-from ..train import Callback, RunResult
-from ..train import fit as fit_core
+from ..trainer import Callback, RunResult
+from ..trainer import fit as fit_core
 from . import layer_parallel
 from .data_parallel import DataParallel
 from .group import Group
@@ -27,7 +27,7 @@ def fit(cfg: Config, group: Group, checkpoint_dir: str | None = None,
         on_epoch_end: Callable[[dict, str | None], None] | None = None,
         resume_dir: str | None = None, layout: str = "data",
         boundaries: Sequence[int] | None = None) -> RunResult:
-    """`sal_ray.train.fit` over the initialised process group; call it on every
+    """`sal_ray.trainer.fit` over the initialised process group; call it on every
     worker. `layout`: "data" (`data_parallel`, every method) or "layer" (SAL
     only: `layer_parallel`, with optional stage `boundaries`). `checkpoint_dir`:
     the layout's checkpoint is written there after every epoch (data: by rank 0,

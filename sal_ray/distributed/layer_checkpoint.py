@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from .. import checkpoint
 from ..checkpoint import CheckpointError
-from ..train import Run
+from ..trainer import Run
 from .group import Group, barrier
 
 MANIFEST_NAME = "stages.json"

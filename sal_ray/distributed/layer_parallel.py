@@ -39,8 +39,8 @@ from ..config import Config
 from ..layers import routed_linear
 from ..models import Architecture, Layer, build_net, net_options
 from ..rules import SALRule, sal_error, sal_forward, sal_layer_grads
-from ..train import Callback, Layout, Run, RunResult
-from ..train import fit as fit_core
+from ..trainer import Callback, Layout, Run, RunResult
+from ..trainer import fit as fit_core
 from .group import Group, all_sum, on_every_worker
 from .layer_checkpoint import load_stage_checkpoint, save_stage_checkpoint
 from .layouts import check_layout

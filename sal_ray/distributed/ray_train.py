@@ -17,16 +17,22 @@ checkpoint: a Train run restores itself from `storage_path/name`.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import ray.train
+import ray.train.torch
+import ray.tune
 import torch
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from ..config import Config
-from ..train import Callback, PrintProgress, RunResult
+from ..trainer import Callback, PrintProgress, RunResult
 from .group import Group
 from .launch import fit
 from .layouts import check_layout
@@ -43,11 +49,7 @@ class DistributedRunResult(RunResult):
 
 
 def _train_loop_per_worker(config: dict) -> dict:
-    import ray.train
-    import ray.train.torch
-
     if config.get("quiet"):  # Train's per-report INFO lines, one per epoch per worker
-        import logging
         for name in ("ray.train", "ray.train._internal.storage"):
             logging.getLogger(name).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
@@ -98,14 +100,12 @@ class _Announce(Callback):
 
 def _default_name(cfg: Config) -> str:
     try:  # inside a Tune trial: stable per trial, so a restarted trial resumes
-        import ray.tune
         return f"sal-train-{ray.tune.get_context().get_trial_id()}"
     except Exception:  # noqa: BLE001 - not in a Tune session
         return f"sal-train-{cfg.model.method}-{uuid.uuid4().hex[:8]}"
 
 
 def _tune_callbacks() -> list:
-    from ray.tune.integration.ray_train import TuneReportCallback
     try:
         return [TuneReportCallback()]
     except RuntimeError:  # raised when not inside a Tune session
@@ -144,10 +144,6 @@ def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1; got {num_workers}")
     check_layout(cfg, layout, num_workers)  # before Ray starts: a refusal costs nothing
-
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     storage_path = os.path.abspath(os.path.expanduser(storage_path or "~/ray_results"))
     if cfg.data.data_root:  # workers run in another directory
         cfg = cfg.replace(data_root=os.path.abspath(os.path.expanduser(cfg.data.data_root)))

@@ -15,16 +15,16 @@ import threading
 import weakref
 from dataclasses import dataclass
 
-import torch
 from ray import tune as rt
 
+from .. import checkpoint
 from ..config import Config, ConfigError
 from ..data import DataError
 from ..distributed import fit_distributed, gather_checkpoint
 from ..tracking import store
 from ..tracking.sink import MLflowSink, default_run_name
 from ..tracking.writes import metric_list
-from ..train import CHECKPOINT_NAME, Callback, fit
+from ..trainer import Callback, fit
 from .storage import StorageError, storage_failure
 from .trial_state import TrialContext, TrialFolder, config_key, run_key, trial_summary
 
@@ -226,16 +226,16 @@ def fit_on_workers(ctx: TrialContext, cfg_flat: dict, sink: MLflowSink, folder: 
 
 def checkpoint_weights(folder: str | None):
     """The net's state dict from a multi-worker run's last checkpoint (core format;
-    a layer-parallel one is gathered from its stage files)."""
+    a layer-parallel one is gathered from its stage files), read without running
+    code (sal_ray.checkpoint)."""
     if not folder:
         return None
-    path = os.path.join(folder, CHECKPOINT_NAME)
-    if not os.path.exists(path):
+    state = checkpoint.read(folder)
+    if state is None:
         with tempfile.TemporaryDirectory() as tmp:
             gather_checkpoint(folder, tmp)
-            return torch.load(os.path.join(tmp, CHECKPOINT_NAME), map_location="cpu",
-                              weights_only=True)["net"]
-    return torch.load(path, map_location="cpu", weights_only=True)["net"]
+            state = checkpoint.read(tmp)
+    return state["net"]
 
 
 def log_trial_summary(ctx: TrialContext, folder: TrialFolder, keys: list[str], final: dict,

@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Any, Iterable
 
-from ..train import Callback, Run, RunResult
+from ..trainer import Callback, Run, RunResult
 from .outbox import Outbox
 from .provenance import run_tags
 from .store import fail_fast_http

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sal_ray import Callback, Config, fit
-from sal_ray.train import load_checkpoint, build
+from sal_ray.trainer import load_checkpoint, build
 
 TINY = dict(width=32, epochs=2, batch_size=32)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from . import checkpoint
 from . import data as datasets
-from .checkpoint import CHECKPOINT_NAME  # noqa: F401 - a public name of sal_ray.train
+from .checkpoint import CHECKPOINT_NAME  # noqa: F401 - a public name of sal_ray.trainer
 from .config import Config, ConfigError, validate
 from .data.batches import batch_indices, epoch_order, gather_rows
 from .models import Architecture, Net, ParamCounts, build_net, param_counts
