@@ -95,6 +95,10 @@ class RunConfig:
     precision: str = "fp32"
     kernel: str = "auto"           # routed matmul layout; all give the same math
     eval_batch_size: int = 4096
+    # A mean training or validation cross-entropy above this (or not finite) ends
+    # the run as diverged, for every method alike. 100 is about 43x the loss of a
+    # uniform guess over 10 classes: no run that still learns is near it.
+    diverge_loss: float = 100.0
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "sal": SALConfig,
@@ -219,6 +223,16 @@ def _positive(name: str, value: float, integer: bool = False) -> None:
     if not ok or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         kind = "a positive integer" if integer else "a positive finite number"
         raise ConfigError(name, f"must be {kind}; got {value!r}")
+    high = FLOAT_MAX.get(name)
+    if high is not None and value > high:
+        raise ConfigError(name, f"must be at most {high:g}; got {value!r}")
+
+
+# Every float option's ceiling, checked before any work: past these the float32
+# arithmetic of a step overflows (an lr of 1e39 cannot even be applied by SGD) or
+# the option means nothing (docs/reliability.md).
+FLOAT_MAX = {"lr": 1e4, "lr_sel": 1e4, "feedback_scale": 1e4, "lambda_local": 1e4,
+             "moe_balance": 1e4, "diverge_loss": 1e30}
 
 
 def validate(cfg: Config, n_classes: int | None = None) -> Config:
@@ -272,10 +286,10 @@ def validate(cfg: Config, n_classes: int | None = None) -> Config:
         raise ConfigError("width", f"with n_areas > 1 and d_f unset, a routed layer's router "
                           f"reads its {m.width} outputs as class logits, so width must be >= "
                           f"the {n_classes} classes; got {m.width} (or set d_f >= {n_classes})")
-    if m.moe_balance < 0 or not math.isfinite(m.moe_balance):
-        raise ConfigError("moe_balance", f"must be a finite number >= 0; got {m.moe_balance}")
-    if not math.isfinite(s.lambda_local) or s.lambda_local < 0:
-        raise ConfigError("lambda_local", f"must be a finite number >= 0; got {s.lambda_local}")
+    for name, value in (("moe_balance", m.moe_balance), ("lambda_local", s.lambda_local)):
+        if not math.isfinite(value) or not 0 <= value <= FLOAT_MAX[name]:
+            raise ConfigError(name, f"must be a finite number from 0 to {FLOAT_MAX[name]:g}; "
+                              f"got {value}")
     _positive("feedback_scale", s.feedback_scale)
     _positive("lr", o.lr)
     if s.lr_sel is not None:
@@ -283,6 +297,7 @@ def validate(cfg: Config, n_classes: int | None = None) -> Config:
     _positive("batch_size", o.batch_size, integer=True)
     _positive("epochs", o.epochs, integer=True)
     _positive("eval_batch_size", r.eval_batch_size, integer=True)
+    _positive("diverge_loss", r.diverge_loss)
     return cfg
 
 
@@ -320,5 +335,7 @@ HELP = {
                  "(needs dtype float32)",
     "kernel": "routed-matmul layout: auto, onehot, gather, sorted (same math, different speed)",
     "eval_batch_size": "batch size for evaluation",
+    "diverge_loss": "a mean training or validation loss above this (or not finite) ends the "
+                    "run as diverged",
 }
 assert set(HELP) == set(OPTION_SECTION), set(OPTION_SECTION) ^ set(HELP)

@@ -277,18 +277,26 @@ def load_checkpoint(run: Run, folder: str) -> tuple[int, list]:
 def epoch_metrics(run: Run, epoch: int, wall0: float, layout: Layout = ONE_PROCESS
                   ) -> tuple[dict[str, float] | None, str]:
     """Train one epoch and evaluate it: (metrics, ""), or (None, why) when the
-    training or validation loss became non-finite."""
+    training or validation loss became non-finite or exploded past the run's
+    `diverge_loss`: the same test for every method."""
     t0 = time.perf_counter()
     stats = train_epoch(run, epoch, layout)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     train_time = time.perf_counter() - t0
+    limit = run.cfg.run.diverge_loss
     if not stats["finite"]:
         return None, (f"training loss became non-finite in epoch {epoch}; "
                       f"stopped (lr={run.cfg.optim.lr:g})")
+    if stats["train_loss"] > limit:
+        return None, (f"training loss {stats['train_loss']:.4g} exploded past {limit:g} "
+                      f"(diverge_loss) in epoch {epoch}; stopped (lr={run.cfg.optim.lr:g})")
     val_loss, val_acc = layout.evaluate(run, run.x_val, run.y_val)
     if not math.isfinite(val_loss):
         return None, f"validation loss became non-finite in epoch {epoch}"
+    if val_loss > limit:
+        return None, (f"validation loss {val_loss:.4g} exploded past {limit:g} "
+                      f"(diverge_loss) in epoch {epoch}; stopped")
     return {"epoch": epoch, "train_loss": stats["train_loss"],
             "train_acc": stats["train_acc"], "val_loss": val_loss, "val_acc": val_acc,
             "samples_per_s": len(run.y_train) / train_time, "epoch_time_s": train_time,
@@ -327,6 +335,10 @@ def fit(cfg: Config, callbacks: Sequence[Callback] = (), checkpoint_dir: str | N
         check_folder(checkpoint_dir)
     run = run or build(cfg, layout)
     done, history = layout.resume(run, resume_dir or checkpoint_dir)
+    if done > cfg.optim.epochs:
+        raise ConfigError("epochs", f"the checkpoint in {resume_dir or checkpoint_dir} has "
+                          f"{done} epochs done, more than the {cfg.optim.epochs} asked for: "
+                          f"ask for at least {done}, or start in another folder")
     run.history = list(history)
     callbacks = callbacks if layout.is_main else ()
     for cb in callbacks:

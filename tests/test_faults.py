@@ -109,6 +109,49 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_same_result(
     assert last["pid"] != killer.pid
 
 
+class CorruptAndKill(KillTrial):
+    """As KillTrial, after writing garbage over the trial's newest checkpoint of
+    the trainer in Tune's storage: the restarted trial cannot read it."""
+
+    def __init__(self, epoch: int, storage: Path):
+        super().__init__(epoch)
+        self.storage, self.corrupted = storage, None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.killed is None and result.get("epoch") == self.epoch:
+            newest = sorted(self.storage.rglob("checkpoint_*/trainer/checkpoint.pt"),
+                            key=lambda p: p.parent.parent.name)[-1]
+            newest.write_bytes(b"not a checkpoint" * 64)
+            self.corrupted = newest
+        super().on_trial_result(iteration, trials, trial, result, **info)
+
+    def __reduce__(self):  # Tune pickles its callbacks; this one stays in this process
+        return (object, ())
+
+
+def test_a_trial_whose_checkpoint_is_unreadable_restarts_its_seed_and_says_so(
+        ray_local, tmp_path, mlflow_uri):
+    epochs = 5
+    killer = CorruptAndKill(epoch=3, storage=tmp_path / "ray")
+    res = sal_ray.tune("digits", "sal", space={"n_areas": [4]}, sampler="grid",
+                       fixed={**{k: v for k, v in BASE.items() if k != "n_areas"},
+                              "epochs": epochs},
+                       tracking_uri=mlflow_uri, storage_path=tmp_path / "ray", name="corrupt",
+                       experiment="faults-corrupt", callbacks=[killer], verbose=0)
+    assert killer.killed is not None and killer.corrupted is not None
+    row = res.trials.iloc[0]
+    assert row.status == "completed"  # not a crash after every retry on the same file
+    reference = fit(Config().replace(**BASE, epochs=epochs, seed=0))
+    for key in FINAL:  # the seed ran again from scratch: the same deterministic result
+        assert row[f"final_{key}_mean"] == reference.final[key], key
+    client = mlflow.MlflowClient(mlflow_uri)
+    (run,) = child_runs(client, "faults-corrupt", "corrupt")  # taken up again, not doubled
+    fallback = run.data.tags["checkpoint_fallback"]
+    assert fallback.startswith("seed 0 restarted from scratch: cannot read checkpoint")
+    assert "checkpoint.pt" in fallback
+    assert_complete_history(client, run, epochs)
+
+
 # ---- the driver interrupted, then resumed ------------------------------------------
 
 SWEEP = dict(datasets="digits", methods=["sal", "bp"], space={"lr": [0.01, 0.02, 0.04]},

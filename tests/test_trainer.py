@@ -3,7 +3,7 @@ import pytest
 
 import torch
 
-from sal_ray import Callback, Config, fit
+from sal_ray import Callback, Config, ConfigError, fit
 from sal_ray.trainer import load_checkpoint, build
 
 TINY = dict(width=32, epochs=2, batch_size=32)
@@ -51,13 +51,30 @@ def test_reports_every_epoch_with_usage():
 
 
 def test_divergence_ends_with_a_status_not_nan_metrics():
-    rec = Record()
-    # SAL's error is bounded, so its weights grow only linearly: it takes a huge
-    # rate to overflow them; BP diverges from lr ~1e3 on.
-    result = fit(Config().replace(lr=1e30, **TINY), [rec])
-    assert result.status == "diverged" and "non-finite" in result.message
-    for m in rec.epochs:
-        assert all(math.isfinite(v) for v in m.values())
+    # SAL's error is bounded, so its weights grow only linearly: at lr 10 its loss
+    # explodes (about 1e3) yet stays finite, where the old test saw a run
+    # "complete"; BP at lr 1e3 overflows outright. Both are diverged, alike.
+    for cfg, words in ((Config().replace(lr=10.0, **TINY), "exploded past 100 (diverge_loss)"),
+                       (Config().replace(method="bp", lr=1e3, **TINY), "non-finite")):
+        rec = Record()
+        result = fit(cfg, [rec])
+        assert result.status == "diverged" and words in result.message, result.message
+        for m in rec.epochs:
+            assert all(math.isfinite(v) for v in m.values())
+
+
+def test_the_divergence_threshold_is_an_option_recorded_with_the_run():
+    result = fit(Config().replace(lr=10.0, diverge_loss=1e30, **TINY))
+    assert result.status == "completed" and result.final["train_loss"] > 100
+    assert result.config["diverge_loss"] == 1e30
+
+
+def test_a_checkpoint_past_the_epochs_asked_for_is_refused(tmp_path):
+    fit(Config().replace(**TINY), checkpoint_dir=str(tmp_path))  # 2 epochs done
+    with pytest.raises(ConfigError) as info:
+        fit(Config().replace(**{**TINY, "epochs": 1}), checkpoint_dir=str(tmp_path))
+    assert info.value.option == "epochs"
+    assert "has 2 epochs done, more than the 1 asked for" in str(info.value)
 
 
 def test_checkpoint_resume_continues_exactly(tmp_path):

@@ -40,7 +40,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sal-ray: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ray import tune as rt
 
 from .. import checkpoint
+from ..checkpoint import CheckpointError
 from ..config import Config, ConfigError
 from ..data import DataError
 from ..distributed import fit_distributed, gather_checkpoint
@@ -136,11 +137,34 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         folder.remove()
 
 
+def seed_sink(ctx: TrialContext, folder: TrialFolder, trial_id: str, study: str,
+              cfg_flat: dict, cfg_key: str, index: int, key: str, fallback: str) -> MLflowSink:
+    """The MLflow sink of one seed's run (taken up again by `key` after a restart)."""
+    tags = {"sweep": ctx.sweep, "trial": trial_id, "config": cfg_key, "seed_index": index,
+            "seeds": ctx.seeds, "searched": ",".join(ctx.searched[study])}
+    if fallback:
+        tags["checkpoint_fallback"] = fallback
+    return MLflowSink(ctx.tracking_uri, ctx.experiment_id, parent_run_id=ctx.parent_run_id,
+                      run_name=default_run_name(cfg_flat, ctx.searched[study]), tags=tags,
+                      flush_every_s=ctx.flush_every_s, key=key, outbox=folder.outbox,
+                      fail_fast=True, store_env=ctx.store_env)
+
+
+def fit_seed(ctx: TrialContext, folder: TrialFolder, trial_id: str, cfg_flat: dict,
+             sink: MLflowSink, reporter: TuneReporter, means: "SeedMeans"):
+    """One seed, in this process (from its checkpoint, if any) or on workers."""
+    if ctx.workers > 1:
+        return fit_on_workers(ctx, cfg_flat, sink, folder, trial_id, means)
+    return fit(Config.from_flat(cfg_flat), [sink, reporter],
+               checkpoint_dir=str(folder.trainer_dir) if ctx.checkpoint_every > 0 else None,
+               checkpoint_every=max(ctx.checkpoint_every, 1))
+
+
 def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: str) -> None:
     dataset, method = config["dataset"], config["method"]
-    key = f"{dataset}/{method}"
+    study = f"{dataset}/{method}"
     searched = {k: v for k, v in config.items() if k not in ("dataset", "method")}
-    flat = {**ctx.fixed[key], **searched}
+    flat = {**ctx.fixed[study], **searched}
     cfg_key = config_key(flat)
     common = {"dataset": dataset, "method": method}
     keys = [run_key(ctx.sweep, trial_id, ctx.base_seed + i) for i in range(ctx.seeds)]
@@ -152,39 +176,38 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
     for i in range(folder.seed_index, ctx.seeds):
         seed = ctx.base_seed + i
         cfg_flat = {**flat, "seed": seed}
-        sink = MLflowSink(
-            ctx.tracking_uri, ctx.experiment_id, parent_run_id=ctx.parent_run_id,
-            run_name=default_run_name(cfg_flat, ctx.searched[key]),
-            tags={"sweep": ctx.sweep, "trial": trial_id, "config": cfg_key,
-                  "seed_index": i, "seeds": ctx.seeds,
-                  "searched": ",".join(ctx.searched[key])},
-            flush_every_s=ctx.flush_every_s, key=keys[i], outbox=folder.outbox, fail_fast=True,
-            store_env=ctx.store_env)
         seed_common = {**common, "seed": seed, "config": cfg_key}
-        reporter = TuneReporter(ctx, i, folder, seed_common)
-        try:
-            if ctx.workers > 1:
-                result = fit_on_workers(ctx, cfg_flat, sink, folder, trial_id,
-                                        SeedMeans(ctx, list(folder.prior), seed_common, i))
-            else:
-                result = fit(Config.from_flat(cfg_flat), [sink, reporter],
-                             checkpoint_dir=str(folder.trainer_dir)
-                             if ctx.checkpoint_every > 0 else None,
-                             checkpoint_every=max(ctx.checkpoint_every, 1))
-        except (ConfigError, DataError) as e:
-            # the trainer refused this configuration: record it, tell Optuna FAIL
-            if not sink.opened:
-                sink.open({**cfg_flat})
-            sink.close("failed", str(e))
-            rt.report({**common, "trial_status": "failed", "message": str(e)[:500],
-                       "mlflow_run_ids": run_ids(i + 1)}, checkpoint=folder.checkpoint())
-            return
-        except BaseException as e:
-            # SystemExit: the scheduler stopped this trial inside tune.report
-            sink.close("stopped" if isinstance(e, SystemExit) else "crashed",
-                       "stopped by the scheduler" if isinstance(e, SystemExit)
-                       else f"{type(e).__name__}: {e}"[:500])
-            raise
+        fallback = folder.fallback
+        while True:
+            sink = seed_sink(ctx, folder, trial_id, study, cfg_flat, cfg_key, i, keys[i], fallback)
+            said = {**seed_common, **({"checkpoint_fallback": fallback} if fallback else {})}
+            reporter = TuneReporter(ctx, i, folder, said)
+            try:
+                result = fit_seed(ctx, folder, trial_id, cfg_flat, sink, reporter,
+                                  SeedMeans(ctx, list(folder.prior), said, i))
+                break
+            except CheckpointError as e:
+                if not folder.trainer_dir.exists():
+                    raise
+                # the seed's newest checkpoint cannot be read: start the seed again,
+                # where Tune would retry the same file until it gave up
+                fallback = f"seed {seed} restarted from scratch: {e}"[:500]
+                print(f"[checkpoint] trial {trial_id}: {fallback}", flush=True)
+                folder.discard_trainer_checkpoint()
+            except (ConfigError, DataError) as e:
+                # the trainer refused this configuration: record it, tell Optuna FAIL
+                if not sink.opened:
+                    sink.open({**cfg_flat})
+                sink.close("failed", str(e))
+                rt.report({**common, "trial_status": "failed", "message": str(e)[:500],
+                           "mlflow_run_ids": run_ids(i + 1)}, checkpoint=folder.checkpoint())
+                return
+            except BaseException as e:
+                # SystemExit: the scheduler stopped this trial inside tune.report
+                sink.close("stopped" if isinstance(e, SystemExit) else "crashed",
+                           "stopped by the scheduler" if isinstance(e, SystemExit)
+                           else f"{type(e).__name__}: {e}"[:500])
+                raise
         if result.status != "completed":
             rt.report({**(reporter.last or {}), **common, "trial_status": result.status,
                        "message": result.message,

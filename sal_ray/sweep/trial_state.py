@@ -104,13 +104,25 @@ class TrialFolder:
         self.work = Path(tempfile.mkdtemp(prefix="sal-trial-"))
         self.seed_index, self.prior, self.weights = 0, [], []
         self.outbox = Outbox(ctx.tracking_uri, ctx.experiment_id, self.work / "outbox")
+        self.fallback = ""  # what an unreadable checkpoint made this trial start over
         if checkpoint is not None:
             checkpoint.to_directory(str(self.work))
-            data = json.loads((self.work / self.FILE).read_text())
-            self.seed_index, self.prior, self.weights = (data["seed_index"], data["prior"],
-                                                         data["weights"])
-            if Outbox.saved_in(self.work / "outbox"):
-                self.outbox = Outbox.load(ctx.tracking_uri, self.work / "outbox")
+            try:
+                data = json.loads((self.work / self.FILE).read_text())
+                self.seed_index, self.prior, self.weights = (
+                    int(data["seed_index"]), list(data["prior"]), list(data["weights"]))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                # the trial's record cannot be read: start it over (its seeds' MLflow
+                # runs are taken up again by their keys, nothing is doubled)
+                self.fallback = f"trial restarted from scratch: {self.FILE} unreadable ({e})"
+                self.seed_index, self.prior, self.weights = 0, [], []
+                shutil.rmtree(self.trainer_dir, ignore_errors=True)
+            try:
+                if Outbox.saved_in(self.work / "outbox"):
+                    self.outbox = Outbox.load(ctx.tracking_uri, self.work / "outbox")
+            except (OSError, ValueError, KeyError) as e:
+                self.fallback = (self.fallback + "; " if self.fallback else "") + \
+                    f"its pending MLflow writes were unreadable and are lost ({e})"
 
     @property
     def trainer_dir(self) -> Path:
@@ -141,6 +153,9 @@ class TrialFolder:
             raise StorageError(f"cannot write the trial's checkpoint in {self.work}: "
                                f"{e.strerror or e}") from e
         return rt.Checkpoint.from_directory(str(self.work))
+
+    def discard_trainer_checkpoint(self) -> None:
+        shutil.rmtree(self.trainer_dir, ignore_errors=True)
 
     def remove(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)

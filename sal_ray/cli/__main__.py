@@ -1,0 +1,7 @@
+"""`python -m sal_ray.cli ...`: the same as `sal-ray ...`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
