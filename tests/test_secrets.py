@@ -37,10 +37,11 @@ def test_a_sweep_never_shows_or_stores_the_store_password(ray_local, tmp_path, c
         assert set(res.trials.status) == {"completed"}
         with pytest.raises(ConfigError) as info:  # an error that names the store
             sal_ray.tune("digits", ["sal"], {"lr": [0.05]}, sampler="grid",
-                         fixed={"epochs": 2, "width": 32, "n_areas": 2}, resume=True,
-                         tracking_uri=secret_url, storage_path=tmp_path / "ray",
-                         name="secret", experiment="elsewhere", verbose=2)
-        assert "127.0.0.1" in str(info.value) and SECRET not in str(info.value)
+                         fixed={"epochs": 2, "width": 32, "n_areas": 2}, name="dead",
+                         tracking_uri="http://alice" + ":" + SECRET + "@127.0.0.1:9",
+                         storage_path=tmp_path / "ray", experiment="secrets", verbose=2)
+        assert "cannot reach the MLflow store http://127.0.0.1:9" in str(info.value)
+        assert SECRET not in str(info.value) and "alice" not in str(info.value)
         out, err = capfd.readouterr()
         assert "tracking: " + url in out  # the server is named, its password is not
         for secret in (SECRET, STAND_IN):

@@ -191,7 +191,8 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
                     raise
                 # the seed's newest checkpoint cannot be read: start the seed again,
                 # where Tune would retry the same file until it gave up
-                fallback = f"seed {seed} restarted from scratch: {e}"[:500]
+                copied = f" (Tune's checkpoint {folder.source})" if folder.source else ""
+                fallback = f"seed {seed} restarted from scratch: {e}{copied}"[:500]
                 print(f"[checkpoint] trial {trial_id}: {fallback}", flush=True)
                 folder.discard_trainer_checkpoint()
             except (ConfigError, DataError) as e:

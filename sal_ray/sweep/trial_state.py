@@ -105,6 +105,7 @@ class TrialFolder:
         self.seed_index, self.prior, self.weights = 0, [], []
         self.outbox = Outbox(ctx.tracking_uri, ctx.experiment_id, self.work / "outbox")
         self.fallback = ""  # what an unreadable checkpoint made this trial start over
+        self.source = getattr(checkpoint, "path", "")  # the Tune checkpoint it came from
         if checkpoint is not None:
             checkpoint.to_directory(str(self.work))
             try:

@@ -108,9 +108,12 @@ class MLflowSink(Callback):
     # -- the run's life --
     def open(self, params: dict[str, Any]) -> None:
         """Create the run and log `params` (also used when a run fails before
-        training); a run the outbox already knows is taken up again instead."""
+        training); a run the outbox already knows is taken up again instead, with
+        this sink's tags (a restarted trial may have something to add)."""
         if self.outbox.knows(self.key):
             self.outbox.reopen(self.key)
+            if self.tags:
+                self.outbox.tags(self.key, self.tags)
         else:
             tags = {"dataset": params.get("dataset"), "method": params.get("method"),
                     "status": "running", **run_tags(), **self.tags}
