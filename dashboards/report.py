@@ -12,18 +12,20 @@ never stop a report: they are logged, listed on the page and in summary.json.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from mlflow import MlflowClient
 
-from . import figures, page, tables
-from .store import RunSet, check_readable, load_runs, redact, resolve_uri
+from . import page, protocols, sections, tables
+from .store import Histories, RunSet, check_readable, load_runs, redact, resolve_uri
 
 log = logging.getLogger("dashboards")
 REPORT_NAME = "report.html"
@@ -39,6 +41,10 @@ class ReportResult:
     n_runs: int = 0
     logged_to: list[str] = field(default_factory=list)  # parent run ids that got the artifacts
     empty: bool = False
+    # seconds per stage of the build (benchmarks/report_speed.py prints them);
+    # "(histories, within)" is the part of them spent reading per-epoch metrics
+    timings: dict[str, float] = field(default_factory=dict)
+    histories_read: int = 0  # runs whose per-epoch metrics were read
 
 
 def generate(experiments: list[str], out_dir, tracking_uri: str | None = None,
@@ -55,101 +61,71 @@ def generate(experiments: list[str], out_dir, tracking_uri: str | None = None,
     for stale in fig_dir.glob("*.png"):  # a previous report's figures must not linger
         stale.unlink()
 
-    runset = load_runs(experiments, tracking_uri, sweep)
+    timings: dict[str, float] = {}
+    clock = _Clock(timings)
+    with clock("read runs"):
+        runset = load_runs(experiments, tracking_uri, sweep)
     runs = runset.runs
-    result = ReportResult(out / REPORT_NAME, out, n_runs=len(runs))
+    result = ReportResult(out / REPORT_NAME, out, n_runs=len(runs), timings=timings)
     empty = ""
     if runs.empty:
         empty = ("No runs to report: " + (runset.notes[-1] if runset.notes else "nothing found")
                  + ". The page shows what could be read.")
         result.empty = True
 
-    conv, dropped = tables.convergence_subset(runs) if len(runs) else (runs, [])
-    cell_list = tables.cells(conv)
-    sections, plots, absent = [], [], {}
-
-    def add(key: str, found: list, reason: str = "") -> None:
-        plots.extend(found)
-        absent[key] = reason or ("" if found else "nothing to draw")
-
-    if len(runs):
-        found = figures.accuracy_vs_areas(cell_list)
-        add("areas", found, "" if found else "no SAL or MoE cell with final accuracies")
-        add("depth", *figures.accuracy_vs(runs, "depth", "2"))
-        add("width", *figures.accuracy_vs(runs, "width", "3"))
-        add("moe", *figures.sal_vs_moe(cell_list))
-        add("curves", *figures.learning_curves(cell_list, runset.histories))
-        add("usage", *figures.area_usage(runs))
-        search_plots, search_notes = figures.search_views(runs)
-        for n in search_notes:
+    with clock("protocols"):
+        runs, protos = protocols.assign(runs)
+        runset.runs = runs
+    with clock("tables"):
+        conv, dropped = tables.convergence_subset(runs) if len(runs) else (runs, [])
+        cell_list = tables.cells(conv)
+    with clock("figures"):
+        drawn = sections.draw(runs, cell_list, protos, runset.histories) if len(runs) \
+            else sections.Drawn()
+        for n in drawn.notes:
             runset.note(n)
-        add("search", search_plots)
-
-    # ---- sections --------------------------------------------------------------
-    protocol = tables.protocol_differences(conv) if len(conv) else []
-    t2_intro = ("<p>Final-epoch validation accuracy in %, mean ± sample std (ddof 1) over "
-                "seeds; ★ marks the best of each row. † marks a cell where several "
-                "configurations were run: it shows the one with the best mean (hover for it). "
-                "(n=a/b): only a of b seeds have final metrics. Italic rows: the paper's "
-                "published numbers (arXiv 2601.21561, Table 2/3).</p>")
-    if protocol and any(r in {c.dataset for c in cell_list} for r in ("digits",)):
-        t2_intro += ("<p class='small'>These runs do not follow the protocol of the published "
-                     "numbers: " + page.esc("; ".join(protocol)) + ". Compare shapes, not "
-                     "values.</p>")
-    t2_intro += "".join(f"<p class='small'>{page.esc(d)}</p>" for d in dropped)
-    sections.append(("table2", "Table 2: final validation accuracy (%)",
-                     t2_intro + page.accuracy_table(cell_list)))
-    sections.append(("table3", "Table 3: final losses (train / validation), mean over seeds",
-                     page.loss_table(cell_list)))
-
-    by_section = [("areas", "Accuracy against n_areas", "accuracy_vs_n_areas"),
-                  ("depth", "Accuracy against depth (paper Fig. 2)", "accuracy_vs_depth"),
-                  ("width", "Accuracy against width (paper Fig. 3)", "accuracy_vs_width"),
-                  ("moe", "SAL against MoE (paper Figs. 4-5)", "sal_vs_moe"),
-                  ("curves", "Learning curves", "curves_"),
-                  ("usage", "Area usage per layer", "area_usage"),
-                  ("search", "Hyperparameter search (Optuna views)", "search_")]
-    for key, heading, prefix in by_section:
-        mine = [p for p in plots if p.name.startswith(prefix)]
-        inner = "".join(page.img_tag(p) for p in mine)
-        reason = absent.get(key, "no runs")
-        if reason:
-            inner += f'<p class="absent">{page.esc(reason)}</p>'
-        if key == "search" and not mine and len(runs):
-            inner = ('<p class="absent">No group of runs (dataset × method) varies two or more '
-                     'options over four or more finished runs: no importance or '
-                     'parallel-coordinate view.</p>')
-        sections.append((f"sec-{key}", heading, inner))
-    sections.append(("sec-runs", "Runs", page.runs_table(runs)))
+        plots = drawn.plots
+    differences = tables.protocol_differences(conv) if len(conv) else []
+    page_sections = sections.sections(runs, cell_list, protos, drawn, differences, dropped)
 
     # ---- files -----------------------------------------------------------------
+    clock.start("write page")
     for p in plots:
         path = fig_dir / f"{p.name}.png"
         path.write_bytes(p.png)
         result.figures.append(path)
     _write_tables(out, cell_list, runs)
 
-    parents = _parents_to_log(runset) if log_to_parent else []
+    parents = covered_parents(runset) if log_to_parent else []
+    artifact_path = artifact_path_for(parents, experiments, sweep)
     where = (", ".join(f"{runset.parents[p]['name']} ({p[:8]})" for p in parents)
-             if parents else "none (no parent run)" if log_to_parent else "not requested")
-    summary = _summary(runset, experiments, sweep, cell_list, protocol, where)
+             + f" under {artifact_path}/" if parents
+             else "none (no parent run)" if log_to_parent else "not requested")
+    summary = _summary(runset, experiments, sweep, cell_list, differences, where, protos)
     name = title or ("SAL report: " + ", ".join(experiments) + (f" (sweep {sweep})" if sweep else ""))
 
     def write_page():
         result.notes = list(runset.notes)
         result.path.write_text(page.render(title=name, summary=summary, notes=runset.notes,
-                                           empty=empty, sections=sections), encoding="utf-8")
+                                           empty=empty, sections=page_sections),
+                               encoding="utf-8")
         (out / "summary.json").write_text(json.dumps(_finite({
             "title": name, "summary": dict(summary), "notes": runset.notes, "empty": result.empty,
             "n_runs": result.n_runs, "figures": [f.name for f in result.figures],
-            "cells": [asdict(c) for c in cell_list]}), indent=1, default=_json_default),
+            "cells": [asdict(c) for c in cell_list],
+            "protocols": [asdict(p) for p in protos]}), indent=1, default=_json_default),
             encoding="utf-8")
 
     write_page()
+    clock.start("log to parents")
     if parents:
-        failed = _log_artifacts(runset, parents, out, result)
+        failed = _log_artifacts(runset, parents, out, result, artifact_path)
         if failed:
             write_page()
+    clock.stop()
+    if isinstance(runset.histories, Histories):
+        timings["(histories, within)"] = runset.histories.seconds
+        result.histories_read = runset.histories.n_read
     for n in runset.notes:
         log.info("report note: %s", n)
     log.info("report written to %s (%d runs, %d figures)", result.path, result.n_runs,
@@ -165,16 +141,55 @@ def build_report(experiments: list[str], out_dir, tracking_uri: str | None = Non
     return generate(experiments, out_dir, tracking_uri, sweep, **options).path
 
 
-def _parents_to_log(runset: RunSet) -> list[str]:
-    return sorted(p for p in runset.parents if p)
+class _Clock:
+    """Seconds per stage of a build, into `timings` (ReportResult.timings)."""
+
+    def __init__(self, timings: dict[str, float]):
+        self.timings, self._stage, self._t = timings, None, 0.0
+
+    def start(self, stage: str) -> None:
+        self.stop()
+        self._stage, self._t = stage, time.perf_counter()
+
+    def stop(self) -> None:
+        if self._stage is not None:
+            self.timings[self._stage] = self.timings.get(self._stage, 0.0) + \
+                time.perf_counter() - self._t
+            self._stage = None
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        self.start(stage)
+        try:
+            yield
+        finally:
+            self.stop()
 
 
-def _log_artifacts(runset: RunSet, parents: list[str], out: Path, result: ReportResult) -> bool:
+def covered_parents(runset: RunSet) -> list[str]:
+    """The parent runs of the sweeps this page covers: the top parent of every run
+    on the page, and no other (not every sweep of the experiments read)."""
+    if runset.runs.empty or "parent_id" not in runset.runs:
+        return []
+    return sorted({p for p in runset.runs["parent_id"].dropna() if p in runset.parents})
+
+
+def artifact_path_for(parents: list[str], experiments, sweep) -> str:
+    """`report` for a page of one sweep; a page covering several is logged beside
+    that under `reports/<experiments>`, so it never replaces a sweep's own page."""
+    if len(parents) <= 1:
+        return ARTIFACT_PATH
+    slug = "+".join(str(e) for e in experiments) + (f"-{sweep}" if sweep else "")
+    return "reports/" + "".join(ch if ch.isalnum() or ch in "-_+." else "_" for ch in slug)[:120]
+
+
+def _log_artifacts(runset: RunSet, parents: list[str], out: Path, result: ReportResult,
+                   artifact_path: str = ARTIFACT_PATH) -> bool:
     client = MlflowClient(tracking_uri=runset.tracking_uri)
     failed = False
     for pid in parents:
         try:
-            client.log_artifacts(pid, str(out), artifact_path=ARTIFACT_PATH)
+            client.log_artifacts(pid, str(out), artifact_path=artifact_path)
             result.logged_to.append(pid)
         except Exception as exc:  # read-only store, artifact root unreachable
             failed = True
@@ -182,7 +197,8 @@ def _log_artifacts(runset: RunSet, parents: list[str], out: Path, result: Report
     return failed
 
 
-def _summary(runset: RunSet, experiments, sweep, cell_list, protocol, where) -> list[tuple[str, str]]:
+def _summary(runset: RunSet, experiments, sweep, cell_list, protocol, where,
+             protos=()) -> list[tuple[str, str]]:
     runs = runset.runs
     found = ", ".join(f"{n} (id {i})" for n, i in runset.experiments.items()) or "none"
     rows = [("generated", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
@@ -199,6 +215,7 @@ def _summary(runset: RunSet, experiments, sweep, cell_list, protocol, where) -> 
         rows.append(("methods", ", ".join(sorted(runs["method"].dropna().unique(),
                                                  key=lambda m: tables.METHOD_ORDER.get(m, 9)))))
         rows.append(("table cells", str(len(cell_list))))
+        rows.append(("protocols", "; ".join(p.name for p in protos) or "none"))
     if runset.parents:
         rows.append(("sweep parent runs", ", ".join(f"{v['name']} ({k[:8]})"
                                                     for k, v in runset.parents.items())))

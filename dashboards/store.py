@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import mlflow
@@ -27,8 +29,9 @@ from sal_ray.tracking.store import (  # noqa: F401 - StoreError: raised to reade
 log = logging.getLogger("dashboards")
 
 PARENT_TAG = "mlflow.parentRunId"
-# Per-epoch metrics read back as histories for the learning curves.
-CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
+# Per-epoch metrics read back as histories: those the learning curves draw (one
+# store query per run and metric, so none more).
+CURVE_KEYS = ("train_loss", "val_loss", "val_acc")
 # Final metrics of the contract; a run that diverged or crashed may lack them.
 FINAL_KEYS = ("val_acc", "train_loss", "val_loss")
 
@@ -42,7 +45,7 @@ NONE_STRINGS = ("none", "null", "")
 NON_PARAM_COLUMNS = frozenset({
     "run_id", "run_name", "experiment", "run_state", "status", "sweep", "searched",
     "parent_id", "final_val_acc", "final_train_loss", "final_val_loss", "final_source",
-    "last_epoch", "column", "config", "n_configs", "chosen"})
+    "last_epoch", "column", "config", "n_configs", "chosen", "protocol"})
 
 
 @dataclass
@@ -50,7 +53,7 @@ class RunSet:
     """Everything a report is built from."""
     tracking_uri: str
     runs: pd.DataFrame                       # one row per leaf run (see module doc)
-    histories: dict[str, pd.DataFrame]       # run_id -> per-epoch metrics, index = epoch
+    histories: Mapping[str, pd.DataFrame]    # run_id -> per-epoch metrics (Histories)
     parents: dict[str, dict]                 # top-level parent run_id -> {name, experiment, sweep}
     experiments: dict[str, str]              # found experiment name -> id
     notes: list[str] = field(default_factory=list)  # every data problem, in words
@@ -177,6 +180,40 @@ def _top_parents(client, leaves: pd.DataFrame, all_rows: pd.DataFrame, runset: R
     return leaves["run_id"].map(tops)
 
 
+class Histories(Mapping):
+    """run id -> its per-epoch metrics (index = epoch), read from the store the
+    first time they are asked for and kept. MLflow's client reads one metric of
+    one run per call, so the report asks only for what it draws (the curves of
+    each cell's chosen configuration) and for runs that lack final metrics,
+    never for all of them."""
+
+    def __init__(self, client, run_ids, keys=CURVE_KEYS):
+        self._client, self._keys = client, tuple(keys)
+        self._ids = dict.fromkeys(run_ids)
+        self._read: dict[str, pd.DataFrame] = {}
+        self.seconds = 0.0  # spent reading, for the report's stage timings
+
+    def __getitem__(self, run_id: str) -> pd.DataFrame:
+        if run_id not in self._ids:
+            raise KeyError(run_id)
+        if run_id not in self._read:
+            t = time.perf_counter()
+            self._read[run_id] = _history(self._client, run_id, self._keys)
+            self.seconds += time.perf_counter() - t
+        return self._read[run_id]
+
+    def __iter__(self):
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @property
+    def n_read(self) -> int:
+        """How many runs' histories were read so far."""
+        return len(self._read)
+
+
 def _history(client, run_id: str, keys=CURVE_KEYS) -> pd.DataFrame:
     cols = {}
     for key in keys:
@@ -192,15 +229,25 @@ def _history(client, run_id: str, keys=CURVE_KEYS) -> pd.DataFrame:
     return frame.sort_index()
 
 
-def _finals(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], runset: RunSet) -> None:
+def _finals(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], runset: RunSet) -> None:
     """final_<m>: the run's final_<m> metric; else, only if the run reached its last
-    epoch, the last logged <m>; else missing (the run is named in the notes)."""
+    epoch, the last logged <m>; else missing (the run is named in the notes). A
+    run's history is read only when a final metric is missing: the tracker logs
+    them at the last epoch, so `last_epoch` is then `epochs`."""
     sources = []
     for key in FINAL_KEYS:
         runs[f"final_{key}"] = float("nan")
     runs["last_epoch"] = 0
     for i, row in runs.iterrows():
-        hist = histories.get(row["run_id"], pd.DataFrame())
+        finals = [row.get(f"metrics.final_{key}") for key in FINAL_KEYS]
+        if all(v is not None and v == v and math.isfinite(v) for v in finals):
+            for key, value in zip(FINAL_KEYS, finals):
+                runs.at[i, f"final_{key}"] = value
+            epochs = row.get("epochs")
+            runs.at[i, "last_epoch"] = int(epochs) if epochs == epochs and epochs else 0
+            sources.append("final")
+            continue
+        hist = histories.get(row["run_id"], pd.DataFrame()) if histories else pd.DataFrame()
         last_epoch = int(hist.index.max()) if len(hist) else 0
         runs.at[i, "last_epoch"] = last_epoch
         epochs = row.get("epochs")
@@ -281,7 +328,7 @@ def load_runs(experiments: list[str], tracking_uri: str | None = None,
     out["n_areas"] = out["n_areas"].fillna(1).astype(int)
     out = out.reset_index(drop=True)
     if with_histories:
-        runset.histories = {rid: _history(client, rid) for rid in out["run_id"]}
+        runset.histories = Histories(client, out["run_id"])
     _finals(out, runset.histories, runset)
     odd = out[~out["status"].isin(["completed"])]
     for status, group in odd.groupby("status"):

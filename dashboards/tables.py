@@ -98,6 +98,13 @@ def describe_config(config: tuple, varying: set[str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in config if k in varying) or "single configuration"
 
 
+def varying_options(configs) -> set[str]:
+    """The options whose value differs between `configs` (tuples of (option, value))."""
+    dicts = [dict(c) for c in configs]
+    keys = {k for d in dicts for k in d}
+    return {k for k in keys if len({str(d.get(k)) for d in dicts}) > 1}
+
+
 def select_best_configs(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per group of `keys`, the runs of the configuration with the best mean
     final_val_acc. Adds n_configs and chosen (a description of what differed)."""
@@ -108,8 +115,7 @@ def select_best_configs(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         configs = group.groupby("config", sort=False)
         scores = configs["final_val_acc"].mean()
         best = scores.idxmax() if scores.notna().any() else next(iter(configs.groups))
-        varying = {k for k in dict(best) if group["config"].map(lambda c: dict(c).get(k))
-                   .astype(str).nunique() > 1}
+        varying = varying_options(configs.groups)
         chosen = group[group["config"] == best].copy()
         chosen["n_configs"] = len(configs)
         chosen["chosen"] = describe_config(best, varying)
@@ -151,6 +157,7 @@ class Cell:
     n_configs: int
     chosen: str
     run_ids: list[str]
+    protocol: str = ""       # protocols.Protocol.name: a cell never pools two
 
     @property
     def acc_text(self) -> str:
@@ -162,33 +169,39 @@ class Cell:
 
 
 def cells(runs: pd.DataFrame) -> list[Cell]:
-    """One Cell per (dataset, column) over the best configuration's seeds."""
+    """One Cell per (dataset, protocol, column) over the best configuration's seeds
+    (runs without a `protocol` column are one protocol)."""
     if runs.empty:
         return []
-    runs = select_best_configs(with_columns(runs), ["dataset", "column"])
+    if "protocol" not in runs:
+        runs = runs.assign(protocol="")
+    keys = ["dataset", "protocol", "column"]
+    runs = select_best_configs(with_columns(runs), keys)
     out = []
-    for (dataset, column), g in runs.groupby(["dataset", "column"], sort=False):
+    for (dataset, protocol, column), g in runs.groupby(keys, sort=False):
         acc_mean, acc_std, n = seed_stats(100.0 * g["final_val_acc"])
         tl, tl_std, _ = seed_stats(g["final_train_loss"])
         vl, vl_std, _ = seed_stats(g["final_val_loss"])
         out.append(Cell(dataset, column, acc_mean, acc_std, n, len(g), tl, vl, tl_std, vl_std,
                         int(g["n_configs"].iloc[0]), str(g["chosen"].iloc[0]),
-                        list(g["run_id"])))
-    out.sort(key=lambda c: (dataset_sort_key(c.dataset), column_sort_key(c.column)))
+                        list(g["run_id"]), protocol))
+    out.sort(key=lambda c: (dataset_sort_key(c.dataset), c.protocol, column_sort_key(c.column)))
     return out
 
 
-def grid(cell_list: list[Cell]) -> tuple[list[str], list[str], dict[tuple[str, str], Cell]]:
-    """Rows (datasets), columns (methods) and the cell map of a table."""
-    rows = sorted({c.dataset for c in cell_list}, key=dataset_sort_key)
+def grid(cell_list: list[Cell]) -> tuple[list[tuple[str, str]], list[str], dict]:
+    """Rows ((dataset, protocol) pairs), columns (methods) and the cell map
+    {(dataset, protocol, column): Cell} of a table."""
+    rows = sorted({(c.dataset, c.protocol) for c in cell_list},
+                  key=lambda r: (dataset_sort_key(r[0]), r[1]))
     cols = sorted({c.column for c in cell_list}, key=column_sort_key)
-    return rows, cols, {(c.dataset, c.column): c for c in cell_list}
+    return rows, cols, {(c.dataset, c.protocol, c.column): c for c in cell_list}
 
 
-def best_columns(cell_map: dict, dataset: str, cols: list[str]) -> set[str]:
+def best_columns(cell_map: dict, row: tuple[str, str], cols: list[str]) -> set[str]:
     """The row's best mean accuracy (ties all marked); published numbers excluded."""
-    means = {c: cell_map[(dataset, c)].acc_mean for c in cols
-             if (dataset, c) in cell_map and math.isfinite(cell_map[(dataset, c)].acc_mean)}
+    means = {c: cell_map[(*row, c)].acc_mean for c in cols
+             if (*row, c) in cell_map and math.isfinite(cell_map[(*row, c)].acc_mean)}
     if not means:
         return set()
     top = max(means.values())
@@ -267,8 +280,11 @@ def search_groups(runs: pd.DataFrame, min_runs: int = 4):
     return out
 
 
+N_TREES = 16
+
+
 def param_importances(group: pd.DataFrame, params: list[str]) -> dict[str, float]:
-    """fANOVA importances (Optuna's FanovaImportanceEvaluator, seed 0) of
+    """fANOVA importances (Optuna's FanovaImportanceEvaluator, 16 trees, seed 0) of
     `params` for final_val_acc, on an in-memory study holding one trial per run."""
     dists = {}
     for p in params:
@@ -290,7 +306,9 @@ def param_importances(group: pd.DataFrame, params: list[str]) -> dict[str, float
                       else _plain(row[p])) for p in params}
         study.add_trial(optuna.trial.create_trial(params=values, distributions=dists,
                                                   value=float(row["final_val_acc"])))
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    # 16 trees, not Optuna's 64: a search on the page has tens of runs, and the
+    # forest's decomposition (pure Python) was most of a report's build time
+    evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=N_TREES, seed=0)
     return optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
 
 
