@@ -123,7 +123,7 @@ def assign(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[Protocol]]:
              if len({repr(e["fixed"][o]) for e in groups.values() if o in e["fixed"]}) > 1]
     protocols, names = [], {}
     for key, e in groups.items():
-        studies = list(dict.fromkeys(study_of(s, x) for x, s in e["units"]))
+        studies = sorted({study_of(s, x) for x, s in e["units"]})
         parts = [f"{a} sweep" for a in e["axes"]]
         named = [o for o in ALWAYS_NAMED + tuple(apart) if e["fixed"].get(o) is not None]
         named = list(dict.fromkeys(named))
@@ -138,7 +138,7 @@ def assign(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[Protocol]]:
         protocols.append(Protocol(
             name=name, slug="", axes=e["axes"], fixed=e["fixed"], studies=studies,
             sweeps=sorted({s for _, s in e["units"] if s}),
-            experiments=list(dict.fromkeys(str(x) for x, _ in e["units"])),
+            experiments=sorted({str(x) for x, _ in e["units"]}),
             n_runs=len(sub), differences=paper_differences(e["fixed"], e["axes"])))
     protocols.sort(key=lambda p: p.name)
     slugs = set()
