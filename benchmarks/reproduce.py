@@ -57,7 +57,12 @@ def one_run(args):
 
 
 def stats(xs):
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    """(mean, sample std); the std of one seed is nan (printed "—"), not 0."""
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:>8.2f} ± " + (f"{std:>5.2f}" if std == std else f"{'—':>5}")
 
 
 def _overrides(items: list[str], flag: str) -> dict[str, str]:
@@ -143,7 +148,7 @@ def table(dataset: str, results, columns: list[str], published: PublishedRow | N
             pub_acc, pub_loss = f"{pm:>7.2f} ± {ps:>4.2f}", f"{ptl:>4.2f} / {pvl:.2f}"
         else:
             pub_acc, pub_loss = f"{'—':>14}", f"{'—':>11}"
-        lines.append(f"{column:<9} {acc[0]:>8.2f} ± {acc[1]:>5.2f}  {pub_acc}  "
+        lines.append(f"{column:<9} {_pm(*acc)}  {pub_acc}  "
                      f"{tl:>7.2f} / {vl:>5.2f}  {pub_loss}  {len(rows) - len(ok)}")
     return lines
 
