@@ -22,9 +22,12 @@ def register(subparsers) -> None:
         description="Build one self-contained HTML page (plus PNGs, CSVs and summary.json) "
                     "from the runs of MLflow experiments: Table 2 accuracies, Table 3 losses, "
                     "accuracy against n_areas, depth and width, SAL against MoE, learning "
-                    "curves, area usage, and Optuna search views. When the runs hang under "
-                    "a sweep's parent run, the report is also logged there as artifacts "
-                    "(report/report.html).")
+                    "curves, area usage, and Optuna search views, one figure per protocol "
+                    "(runs differing in a fixed setting are never pooled), the paper's row "
+                    "beside every dataset it reports. The report is also logged as artifacts "
+                    "into the parent run of each sweep whose runs it shows, and no other "
+                    "(report/report.html; a page of several sweeps under "
+                    "reports/<experiments>/).")
     rep.add_argument("--experiment", action="append", required=True, metavar="NAME",
                      help="MLflow experiment name; repeat for several")
     rep.add_argument("--out", required=True, metavar="DIR", help="folder to write the report to")
@@ -34,7 +37,7 @@ def register(subparsers) -> None:
     rep.add_argument("--sweep", default=None, metavar="NAME",
                      help="only runs tagged sweep=NAME (default: every run of the experiments)")
     rep.add_argument("--no-log", dest="log_to_parent", action="store_false",
-                     help="do not log the report as artifacts of the sweep's parent run")
+                     help="do not log the report as artifacts of the covered sweeps' parent runs")
     rep.add_argument("--strict", action="store_true",
                      help="exit with status 1 when the report found data problems")
     rep.set_defaults(func=cmd_report)
