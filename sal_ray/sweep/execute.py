@@ -56,6 +56,8 @@ def _run(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable,
     runtime.quiet_engines_urls()
     echo(p.describe())
     echo(f"tracking: {uri}, experiment '{p.experiment}'")
+    optuna_url = storage_mod.optuna_url(storage, p.name)
+    echo(f"Optuna studies: {optuna_url}; watch them live:  optuna-dashboard {optuna_url}")
     experiment_id = runtime.start_store_and_ray(uri, p.experiment, opts.address, opts.num_cpus)
     # the name is this driver's from here to the end: a second driver under it stops
     # here, before any run of its own exists
@@ -141,8 +143,12 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
                                      StopOnStorageError(progress))
         searcher = None
     else:
+        # a file left by an attempt that never got its Tune folder (the name is ours now)
+        db = storage_mod.optuna_db(storage, p.name)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        db.unlink(missing_ok=True)
         with runtime.QuietEngines(opts.verbose):
-            searcher = StudySearcher(p)
+            searcher = StudySearcher(p, storage_mod.optuna_url(storage, p.name))
         scheduler = asha(p, p.scheduler) if isinstance(p.scheduler, dict) else p.scheduler
         tuner = rt.Tuner(
             trainable,
