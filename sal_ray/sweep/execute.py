@@ -18,7 +18,7 @@ from ..tracking import store
 from ..tracking.sink import FLUSH_EVERY_S
 from . import parent, ray_compat, record, runtime
 from . import storage as storage_mod
-from .console import StopOnStorageError, SweepProgress
+from .console import LiveConsole, StopOnStorageError, SweepProgress
 from .delivery import deliver_pending, wait_for_store
 from .options import RunOptions
 from .plan import Plan
@@ -130,6 +130,7 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
     ctx, resources, max_concurrent = trial_setup(p, opts, uri, experiment_id, parent_id,
                                                  storage, layouts, store_env)
     progress = SweepProgress(p, echo)
+    callbacks = [progress, LiveConsole(p, opts.progress_every_s, echo), *opts.callbacks]
     trainable = rt.with_resources(rt.with_parameters(run_trial, ctx=ctx), resources)
     # Tune's own per-trial files would repeat what MLflow holds; they cost a write per epoch
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -139,7 +140,7 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
         with runtime.QuietEngines(opts.verbose):
             tuner = rt.Tuner.restore(sweep_folder(storage, p.name), trainable,
                                      resume_unfinished=True, resume_errored=True)
-        ray_compat.replace_callbacks(tuner, [progress, *opts.callbacks],
+        ray_compat.replace_callbacks(tuner, callbacks,
                                      StopOnStorageError(progress))
         searcher = None
     else:
@@ -157,7 +158,7 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
                                       max_concurrent_trials=max_concurrent,
                                       time_budget_s=opts.time_budget_s),
             run_config=rt.RunConfig(
-                name=p.name, storage_path=storage, callbacks=[progress, *opts.callbacks],
+                name=p.name, storage_path=storage, callbacks=callbacks,
                 stop=StopOnStorageError(progress),
                 verbose=0 if opts.verbose < 2 else 1,
                 failure_config=rt.FailureConfig(max_failures=opts.max_failures),
@@ -174,6 +175,7 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
     res = SweepResults(p.name, p, df, best, pareto, studies, uri, p.experiment,
                        experiment_id, parent_id, 0.0)
     res.storage_error = progress.storage_errors[0][1] if progress.storage_errors else ""
+    res.optuna_storage = getattr(searcher, "storage_url", "")
     return res, records, grid.experiment_path
 
 

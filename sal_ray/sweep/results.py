@@ -127,6 +127,7 @@ class SweepResults:
     elapsed_s: float
     undelivered: bool = False        # MLflow writes still wait in trial checkpoints
     storage_error: str = ""          # what stopped the sweep, if a disk failed
+    optuna_storage: str = ""         # the studies' Optuna storage URL (optuna-dashboard URL)
 
     @property
     def metric(self) -> str:
