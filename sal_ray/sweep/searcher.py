@@ -228,8 +228,11 @@ class StudySearcher(Searcher):
         self.told[trial_id] = status
 
     def save(self, checkpoint_path):
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__getstate__(), f)
+        try:
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.__getstate__(), f)
+        except Exception as e:  # noqa: BLE001 - e.g. a sampler given as a lambda
+            raise NotImplementedError(f"searcher state not picklable: {e}") from None
 
     def restore(self, checkpoint_path):
         with open(checkpoint_path, "rb") as f:
