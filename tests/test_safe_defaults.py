@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,6 +47,8 @@ def launched(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ui_cli, "subprocess", SimpleNamespace(
         Popen=Server, TimeoutExpired=subprocess.TimeoutExpired))
+    # the shared machine may serve something on 5000: these tests are about the command
+    monkeypatch.setattr(ui_cli, "port_taken", lambda host, port: None)
     return calls
 
 
@@ -61,6 +64,27 @@ def test_ui_binds_to_localhost_by_default(launched, tmp_path, capsys):
     assert flag(server.cmd, "--backend-store-uri") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     out, err = capsys.readouterr()
     assert out.startswith("MLflow UI on http://127.0.0.1:5000") and err == ""
+
+
+def test_ui_refuses_a_taken_port_in_one_line_and_starts_nothing(monkeypatch, tmp_path, capsys):
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    started = []
+    monkeypatch.setattr(ui_cli, "subprocess", SimpleNamespace(
+        Popen=lambda *a, **k: started.append(a), TimeoutExpired=subprocess.TimeoutExpired))
+    with socket.socket() as other:  # another server holds the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert cli.main(["ui", "--port", str(port)]) == 2
+        out, err = capsys.readouterr()
+        assert err.strip() == (f"sal-ray ui: error: option 'port': {port} on 127.0.0.1 cannot be "
+                               f"used: another server already listens there; choose a free one, "
+                               f"e.g. --port {port + 1}")
+        assert out == "" and started == []  # no URL printed that would serve another store
+        assert ui_cli.port_taken("0.0.0.0", port)  # all interfaces include that one
+    assert ui_cli.port_taken("127.0.0.1", port) is None  # free once it closed
 
 
 def test_ui_exposed_only_when_asked_and_warns(launched, capsys):

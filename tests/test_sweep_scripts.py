@@ -101,8 +101,9 @@ def test_a_script_runs_and_prints_its_tables(ray_session, tmp_path, capsys, monk
     assert isinstance(res, SweepResults) and len(res.trials) == 6
     out = capsys.readouterr().out
     assert "best configuration" in out and "final val_acc %" in out
-    for label in ("sal-1", "sal-16", "bp-1"):
+    for label in ("sal n_areas=1", "sal n_areas=16", "bp n_areas=1"):  # the swept option named
         assert label in out
+    assert "± —" in out and "± 0.00" not in out  # one seed: no std
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in out
     assert "tags.sweep = 'conv-test'" in out
     assert out.rstrip().endswith("tags.sweep = 'conv-test'")

@@ -4,7 +4,9 @@ unless told otherwise; the store's password never reaches a command line."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import subprocess
 import sys
 
@@ -84,6 +86,31 @@ def ui_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be served, if something already listens there; else None.
+    Tried the way the server binds (SO_REUSEADDR: a port in TIME_WAIT is free), on
+    every address `host` names, and released at once."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError("host", f"cannot resolve {host!r}: {e.strerror or e}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return "another server already listens there"
+                if e.errno == errno.EACCES:
+                    return "this user may not bind it (ports below 1024 need root)"
+                if e.errno == errno.EADDRNOTAVAIL:
+                    return f"{host} is not an address of this machine"
+                return e.strerror or str(e)
+    return None
+
+
 def check_ui_args(args) -> str:
     """Refuse, before the server starts, what it would fail on (or serve wrongly);
     returns the store URI."""
@@ -99,6 +126,11 @@ def check_ui_args(args) -> str:
         raise ConfigError("tracking_uri", f"{redact(uri)} is already a tracking server: "
                           "open it in a browser")
     check_readable(uri)  # never serve (and create) an empty store
+    # a server started on a taken port exits, or the URL printed serves another store
+    taken = port_taken(args.host, args.port)
+    if taken:
+        raise ConfigError("port", f"{args.port} on {args.host} cannot be used: {taken}; "
+                          f"choose a free one, e.g. --port {args.port + 1 if args.port < 65535 else 5000}")
     return uri
 
 

@@ -1,9 +1,11 @@
-"""The driver's Tune callback: it keeps what the sweep needs to know of each trial
-(its config, last result, error, storage path) and prints a line as trials end."""
+"""The driver's Tune callbacks: SweepProgress keeps what the sweep needs to know
+of each trial (its config, last result, error, storage path) and prints a line as
+trials end; LiveConsole prints, while they run, where each one is and an ETA."""
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 from ray import tune as rt
@@ -99,3 +101,80 @@ class SweepProgress(rt.Callback):
         self.echo(f"[restart] {cfg.get('dataset')}/{cfg.get('method')} trial {trial.trial_id} "
                   f"failed{f' after epoch {int(epoch)}' if epoch else ''}; Tune restarts it "
                   "from its last checkpoint")
+
+
+def clock_text(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class LiveConsole(rt.Callback):
+    """While trials run, every `every_s` seconds: one line per running trial (its
+    seed, epoch and current objective) and a progress line for the sweep with an
+    ETA. A sweep quicker than `every_s` prints none; the lines as trials end are
+    SweepProgress's. (Tune's own table stays off below verbose 2: it would say the
+    same, every few seconds, in columns of every result key.)
+
+    Progress counts seed-epochs (Tune's training_iteration): a trial that ended
+    counts whole, however early ASHA stopped it; the ETA is the rate seen in this
+    session over what is left, so a resumed sweep's earlier trials do not flatter it."""
+
+    def __init__(self, plan: Plan, every_s: float = 15.0, echo: Callable = print_line,
+                 clock: Callable[[], float] = time.monotonic):
+        self.plan, self.every_s, self.echo, self.clock = plan, every_s, echo, clock
+        self.latest: dict[str, dict] = {}
+        self.started = self.next_at = None
+        self.done_at_start = 0.0
+        self.epochs = {s.key: s.fixed.get("epochs", plan.max_epochs) for s in plan.studies}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.latest[trial.trial_id] = dict(result)
+
+    def _work(self, trial) -> float:
+        """How much of `trial` is done, from 0 to 1."""
+        if trial.status in ("TERMINATED", "ERROR"):
+            return 1.0
+        r = self.latest.get(trial.trial_id) or trial.last_result or {}
+        key = f"{trial.config.get('dataset')}/{trial.config.get('method')}"
+        total = self.plan.seeds * (trial.config.get("epochs") or self.epochs.get(key)
+                                   or self.plan.max_epochs)
+        return min(1.0, (r.get("training_iteration") or 0) / max(1, total))
+
+    def on_step_end(self, iteration, trials, **info):
+        if not self.every_s:
+            return
+        now = self.clock()
+        if self.started is None:
+            self.started, self.next_at = now, now + self.every_s
+            self.done_at_start = sum(self._work(t) for t in trials)
+            return
+        if now < self.next_at:
+            return
+        self.next_at = now + self.every_s
+        running = [t for t in trials if t.status == "RUNNING"]
+        if running:
+            self.status_lines(trials, running, now)
+
+    def status_lines(self, trials, running, now: float) -> None:
+        plan, m0 = self.plan, self.plan.metrics[0]
+        done = sum(self._work(t) for t in trials)
+        ended = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        elapsed = now - self.started
+        rate = (done - self.done_at_start) / elapsed if elapsed > 0 else 0.0
+        left = plan.total_trials - done
+        eta = f"ETA {clock_text(left / rate)}" if rate > 0 else "ETA — (no epoch done yet)"
+        self.echo(f"[{clock_text(elapsed)}] {ended}/{plan.total_trials} trials ended, "
+                  f"{len(running)} running; {100 * done / plan.total_trials:.0f}% of the "
+                  f"sweep's epochs; {eta}")
+        for t in running:
+            r = self.latest.get(t.trial_id) or {}
+            key = f"{t.config.get('dataset')}/{t.config.get('method')}"
+            if "epoch" not in r:
+                self.echo(f"    {key:<14} {t.trial_id}  starting")
+                continue
+            epochs = t.config.get("epochs") or self.epochs.get(key) or plan.max_epochs
+            value = r.get(m0)
+            shown = f"{m0} {value:.4f}" if isinstance(value, (int, float)) else ""
+            seed = f"seed {int(r.get('seed_index', 0)) + 1}/{plan.seeds} " if plan.seeds > 1 else ""
+            self.echo(f"    {key:<14} {t.trial_id}  {seed}epoch {int(r['epoch'])}/{epochs}  "
+                      f"{shown}")

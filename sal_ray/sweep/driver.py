@@ -43,7 +43,8 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          table_by: Sequence[str] | None = None, dry_run: bool = False,
          resume: bool = False, max_failures: int = 3, checkpoint_every: int = 1,
          finish_wait_s: float = 120.0, callbacks: Sequence[Any] = (),
-         layout: str | dict[str, str] = "data", script: dict[str, Any] | None = None):
+         layout: str | dict[str, str] = "data", script: dict[str, Any] | None = None,
+         progress_every_s: float | None = 15.0):
     """Search trainer configurations with Ray Tune + Optuna, tracked in MLflow.
 
     What to search:
@@ -94,6 +95,9 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     finish_wait_s: at the end, how long to wait for a tracking store that is away
         before leaving the pending writes for `resume`.
     callbacks: extra Ray Tune callbacks for the driver.
+    progress_every_s: while trials run, print each running trial's epoch and
+        current objective and the sweep's progress with an ETA this often
+        (default 15 s; 0 or None: only the lines as trials end).
     script: a study script's own options, stored with the sweep (sweeps/*.py).
 
     What a sweep was started with is stored beside it (record.py): a resume

@@ -18,7 +18,7 @@ from ..tracking import store
 from ..tracking.sink import FLUSH_EVERY_S
 from . import parent, ray_compat, record, runtime
 from . import storage as storage_mod
-from .console import StopOnStorageError, SweepProgress
+from .console import LiveConsole, StopOnStorageError, SweepProgress
 from .delivery import deliver_pending, wait_for_store
 from .options import RunOptions
 from .plan import Plan
@@ -56,6 +56,8 @@ def _run(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable,
     runtime.quiet_engines_urls()
     echo(p.describe())
     echo(f"tracking: {uri}, experiment '{p.experiment}'")
+    optuna_url = storage_mod.optuna_url(storage, p.name)
+    echo(f"Optuna studies: {optuna_url}; watch them live:  optuna-dashboard {optuna_url}")
     experiment_id = runtime.start_store_and_ray(uri, p.experiment, opts.address, opts.num_cpus)
     # the name is this driver's from here to the end: a second driver under it stops
     # here, before any run of its own exists
@@ -128,6 +130,7 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
     ctx, resources, max_concurrent = trial_setup(p, opts, uri, experiment_id, parent_id,
                                                  storage, layouts, store_env)
     progress = SweepProgress(p, echo)
+    callbacks = [progress, LiveConsole(p, opts.progress_every_s, echo), *opts.callbacks]
     trainable = rt.with_resources(rt.with_parameters(run_trial, ctx=ctx), resources)
     # Tune's own per-trial files would repeat what MLflow holds; they cost a write per epoch
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -137,12 +140,16 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
         with runtime.QuietEngines(opts.verbose):
             tuner = rt.Tuner.restore(sweep_folder(storage, p.name), trainable,
                                      resume_unfinished=True, resume_errored=True)
-        ray_compat.replace_callbacks(tuner, [progress, *opts.callbacks],
+        ray_compat.replace_callbacks(tuner, callbacks,
                                      StopOnStorageError(progress))
         searcher = None
     else:
+        # a file left by an attempt that never got its Tune folder (the name is ours now)
+        db = storage_mod.optuna_db(storage, p.name)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        db.unlink(missing_ok=True)
         with runtime.QuietEngines(opts.verbose):
-            searcher = StudySearcher(p)
+            searcher = StudySearcher(p, storage_mod.optuna_url(storage, p.name))
         scheduler = asha(p, p.scheduler) if isinstance(p.scheduler, dict) else p.scheduler
         tuner = rt.Tuner(
             trainable,
@@ -151,7 +158,7 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
                                       max_concurrent_trials=max_concurrent,
                                       time_budget_s=opts.time_budget_s),
             run_config=rt.RunConfig(
-                name=p.name, storage_path=storage, callbacks=[progress, *opts.callbacks],
+                name=p.name, storage_path=storage, callbacks=callbacks,
                 stop=StopOnStorageError(progress),
                 verbose=0 if opts.verbose < 2 else 1,
                 failure_config=rt.FailureConfig(max_failures=opts.max_failures),
@@ -168,6 +175,7 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
     res = SweepResults(p.name, p, df, best, pareto, studies, uri, p.experiment,
                        experiment_id, parent_id, 0.0)
     res.storage_error = progress.storage_errors[0][1] if progress.storage_errors else ""
+    res.optuna_storage = getattr(searcher, "storage_url", "")
     return res, records, grid.experiment_path
 
 

@@ -94,6 +94,19 @@ def best_and_pareto(plan: Plan, df: pd.DataFrame, records: list[dict], studies: 
     return best, pareto
 
 
+def spread(std, seeds: int, scale: float = 1.0, digits: int = 2) -> str:
+    """A std over seeds as a table shows it: "—" where one seed has none (not 0.00)."""
+    if seeds < 2 or std is None or (isinstance(std, float) and math.isnan(std)):
+        return "—"
+    return f"{scale * std:.{digits}f}"
+
+
+def column_label(by: Sequence[str], values: tuple) -> str:
+    """A protocol table's column: the method, then each swept option by name
+    (`sal depth=4`, never `sal-4`, which reads as n_areas)."""
+    return " ".join(short(v) if k == "method" else f"{k}={short(v)}" for k, v in zip(by, values))
+
+
 @dataclass
 class SweepResults:
     """What a sweep found. `trials`: one row per trial (configuration) with its
@@ -114,6 +127,7 @@ class SweepResults:
     elapsed_s: float
     undelivered: bool = False        # MLflow writes still wait in trial checkpoints
     storage_error: str = ""          # what stopped the sweep, if a disk failed
+    optuna_storage: str = ""         # the studies' Optuna storage URL (optuna-dashboard URL)
 
     @property
     def metric(self) -> str:
@@ -148,7 +162,7 @@ class SweepResults:
 
     def table(self) -> str:
         """The comparison table, as text: mean ± std over seeds of the best configuration."""
-        s = self.summary()
+        s, seeds = self.summary(), self.plan.seeds
         lines = [f"{'dataset':<14}{'method':<7}{'val acc %':>16}{'train loss':>17}"
                  f"{'val loss':>17}{'trials':>8}  best configuration"]
         for _, r in s.iterrows():
@@ -156,7 +170,7 @@ class SweepResults:
                 mean = r.get(f"{k}_mean")
                 if mean is None or (isinstance(mean, float) and math.isnan(mean)):
                     return "-"
-                return f"{scale * mean:.{digits}f} ± {scale * (r.get(f'{k}_std') or 0):.{digits}f}"
+                return f"{scale * mean:.{digits}f} ± {spread(r.get(f'{k}_std'), seeds, scale, digits)}"
             ok = f"{r['completed']}/{r['trials']}"
             lines.append(f"{r['dataset']:<14}{r['method']:<7}{pm('val_acc', 100):>16}"
                          f"{pm('train_loss', 1, 3):>17}{pm('val_loss', 1, 3):>17}{ok:>8}  "
@@ -172,7 +186,7 @@ class SweepResults:
             return "(no completed trial)"
         scale = 100 if metric.endswith("_acc") else 1
         cols = list(dict.fromkeys(tuple(r[k] for k in by) for _, r in done.iterrows()))
-        labels = ["-".join(map(short, c)) for c in cols]
+        labels = [column_label(by, c) for c in cols]
         width = max(16, *(len(x) + 2 for x in labels))
         lines = [f"final {metric}{' %' if scale == 100 else ''}, mean ± std over seeds",
                  f"{'dataset':<14}" + "".join(f"{x:>{width}}" for x in labels)]
@@ -184,7 +198,7 @@ class SweepResults:
                 if len(hit):
                     r = hit.iloc[0]
                     cells.append(f"{scale * r[f'final_{metric}_mean']:.2f} ± "
-                                 f"{scale * r[f'final_{metric}_std']:.2f}")
+                                 + spread(r[f'final_{metric}_std'], self.plan.seeds, scale))
                 else:
                     cells.append("-")
             lines.append(f"{dataset:<14}" + "".join(f"{x:>{width}}" for x in cells))

@@ -23,7 +23,7 @@ from .storage import StorageError, newest_sweep, storage_path
 
 # Flags of this session only: never stored with a sweep, never restored.
 SESSION_FLAGS = ("resume", "dry_run", "verbose", "address", "storage_path", "name",
-                 "study_datasets", "study_seeds", "flag_defaults")
+                 "study_datasets", "study_seeds", "flag_defaults", "progress_every_s")
 
 
 def script_parser(doc: str, *, datasets: Sequence[str], seeds: int) -> argparse.ArgumentParser:
@@ -67,6 +67,9 @@ def script_parser(doc: str, *, datasets: Sequence[str], seeds: int) -> argparse.
                          "one in --storage-path), with the options it started with")
     ap.add_argument("--dry-run", action="store_true", help="print the plan; start nothing")
     ap.add_argument("-v", "--verbose", type=int, default=1, help="0 quiet, 1 lines, 2 Tune's own")
+    ap.add_argument("--progress-every-s", type=float, default=15.0, metavar="S",
+                    help="while trials run, print each one's epoch and the sweep's ETA this "
+                         "often (default 15; 0: only as trials end)")
     return ap
 
 
@@ -201,4 +204,5 @@ def run_script(args, *, study: str, methods: Sequence[str], space: dict[str, Any
                 name=name, tracking_uri=args.tracking_uri, address=args.address,
                 max_concurrent=args.max_concurrent, verbose=args.verbose, table_by=by,
                 dry_run=args.dry_run, storage_path=args.storage_path, resume=resume,
-                layout=layout, script=script_flags(args))
+                layout=layout, script=script_flags(args),
+                progress_every_s=args.progress_every_s)

@@ -9,6 +9,10 @@ stopped or that diverged (TPE ranks pruned trials below every complete one,
 without inventing a value); FAIL for a configuration the trainer rejected or a
 crash. (Ray's own OptunaSearch would tell a stopped trial COMPLETE with its
 partial value: docs/engines.md.)
+
+The studies live in Optuna's RDB storage, one SQLite file per sweep beside Tune's
+(storage.optuna_db): `optuna-dashboard sqlite:///...` watches a running sweep, and
+a resumed sweep continues them with `optuna.load_study`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import copy
 import math
 import pickle
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -24,6 +29,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from ..config import ConfigError
 from .plan import Plan
 from .space import Choice, Float, Spec
 from .trial_state import trial_status
@@ -40,11 +46,16 @@ def distribution(spec: Spec):
     return IntDistribution(spec.low, spec.high, log=spec.log)
 
 
-def optuna_sampler(sampler, study_index: int, budget: int, base_seed: int):
-    """A fresh sampler per study (studies must not share a sampler's state)."""
-    seed = base_seed * 1000 + study_index
+def optuna_sampler(sampler, study_index: int, budget: int, base_seed: int, restart: int = 0):
+    """A fresh sampler per study (studies must not share a sampler's state). A
+    resumed study's sampler (`restart`: the trials it holds) draws another random
+    stream than the first one, which would propose its first points again."""
+    seed = base_seed * 1000 + study_index + 7919 * restart
     if isinstance(sampler, optuna.samplers.BaseSampler):
-        return copy.deepcopy(sampler)
+        fresh = copy.deepcopy(sampler)
+        if restart:
+            fresh.reseed_rng()
+        return fresh
     if callable(sampler):
         return sampler()
     with warnings.catch_warnings():
@@ -60,34 +71,125 @@ def optuna_sampler(sampler, study_index: int, budget: int, base_seed: int):
         return optuna.samplers.RandomSampler(seed=seed)  # random; grid points are enqueued
 
 
-class StudySearcher(Searcher):
-    """A Ray Searcher over one Optuna study per study of `plan`."""
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on the sweep's SQLite file. Only the driver writes;
+    optuna-dashboard reads it meanwhile: a writer waits out a reader's lock
+    (timeout) instead of failing."""
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
-    def __init__(self, plan: Plan):
+
+def stored_trial(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                 number: int) -> optuna.trial.Trial:
+    """The Optuna trial `number` of a stored study, to report to and tell (what
+    `study.ask()` returned before the driver restarted)."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number)
+    return optuna.trial.Trial(study, trial_id)
+
+
+class StudySearcher(Searcher):
+    """A Ray Searcher over one Optuna study per study of `plan`, kept in Optuna's
+    RDB storage at `storage_url` (one SQLite file per sweep: storage.optuna_url).
+
+    What it pickles (Tune's tuner.pkl and its searcher checkpoints) is only which
+    Optuna trial each Tune trial is: the studies themselves are Optuna's, loaded
+    back with `optuna.load_study` on resume (`_load`)."""
+
+    def __init__(self, plan: Plan, storage_url: str):
         super().__init__(metric=None, mode=None)
+        self.plan, self.storage_url = plan, storage_url
         directions = ["maximize" if m == "max" else "minimize" for m in plan.modes]
-        self.metrics = plan.metrics
-        self.studies_of_plan = plan.studies
-        self.dists = {s.key: {k: distribution(v) for k, v in s.space.items()}
-                      for s in plan.studies}
+        self.rdb = rdb_storage(storage_url)
         self.studies: dict[str, optuna.Study] = {}
         for i, s in enumerate(plan.studies):
             study = optuna.create_study(
-                directions=directions, study_name=f"{plan.name}/{s.key}",
+                storage=self.rdb, directions=directions, study_name=f"{plan.name}/{s.key}",
                 sampler=optuna_sampler(plan.sampler, i, s.budget, plan.base_seed))
+            study.set_user_attr("sweep", plan.name)
             for point in s.grid or ():
                 study.enqueue_trial(point)
             self.studies[s.key] = study
-        self.asked = {s.key: 0 for s in plan.studies}
+        self.known: dict[str, tuple[str, int]] = {}  # Tune trial id -> (study, trial number)
+        self._index()
+
+    def _index(self) -> None:
+        """What the studies say of the Tune trials known: the live Optuna trials,
+        what each was told, the steps it has reported."""
+        self.dists = {s.key: {k: distribution(v) for k, v in s.space.items()}
+                      for s in self.plan.studies}
+        self.asked = {s.key: 0 for s in self.plan.studies}
         self.live: dict[str, Any] = {}   # Tune trial id -> Optuna trial
         self.told: dict[str, str] = {}   # Tune trial id -> status told
         self.steps: dict[str, set] = {}  # Tune trial id -> steps reported to Optuna
+        stored = {key: {t.number: t for t in study.get_trials(deepcopy=False)}
+                  for key, study in self.studies.items()}
+        for tid, (key, number) in self.known.items():
+            frozen = stored[key][number]
+            self.asked[key] += 1
+            self.live[tid] = stored_trial(self.studies[key], self.rdb, number)
+            self.steps[tid] = set(frozen.intermediate_values)
+            if frozen.state.is_finished():
+                self.told[tid] = frozen.user_attrs.get("status", frozen.state.name.lower())
+
+    def _load(self, known: dict[str, tuple[str, int]]) -> None:
+        """Continue the stored studies (`optuna.load_study`, with fresh samplers: a
+        sampler is not stored)."""
+        db = self.storage_url.removeprefix("sqlite:///")
+        if db != self.storage_url and not Path(db).is_file():
+            raise ConfigError("resume", f"the Optuna studies of sweep '{self.plan.name}' are "
+                              f"not at {db} (moved or deleted?): it cannot be continued")
+        self.rdb = rdb_storage(self.storage_url)
+        self.studies, self.known = {}, dict(known)
+        for i, s in enumerate(self.plan.studies):
+            name = f"{self.plan.name}/{s.key}"
+            held = len(optuna.load_study(study_name=name, storage=self.rdb).get_trials(
+                deepcopy=False))
+            self.studies[s.key] = optuna.load_study(
+                study_name=name, storage=self.rdb,
+                sampler=optuna_sampler(self.plan.sampler, i, s.budget, self.plan.base_seed,
+                                       restart=held))
+        self._index()
+        # Tune unpickles this searcher, then restores its last checkpoint (`restore`):
+        # which trials are lost is known only after both, at the next suggest
+        self.unreconciled = True
+
+    def _reconcile(self) -> None:
+        """A trial Optuna handed out after Tune's last checkpoint is one Tune never
+        heard of: it is told FAIL (status "lost") and, in a grid, its point goes back
+        in the queue, so the budget and the grid stay whole."""
+        self.unreconciled = False
+        mine = set(self.known.values())
+        for s in self.plan.studies:
+            study = self.studies[s.key]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if (s.key, t.number) not in mine:
+                    lost = stored_trial(study, self.rdb, t.number)
+                    lost.set_user_attr("status", "lost")
+                    study.tell(lost, state=TrialState.FAIL)
+                    if s.grid:
+                        study.enqueue_trial(t.params)
+
+    def __getstate__(self):
+        # Searcher's own state (_metric, _mode), and which trial is which: no study
+        return {"plan": self.plan, "storage_url": self.storage_url, "known": dict(self.known),
+                "_metric": self._metric, "_mode": self._mode}
+
+    def __setstate__(self, state):
+        if "known" not in state:  # pickled before the studies were stored: they are in it
+            self.__dict__.update(state)
+            self.plan = state.get("plan") or self.__dict__.get("plan")
+            return
+        known = state.pop("known")
+        self.__dict__.update(state)
+        self._load(known)
 
     def set_search_properties(self, metric, mode, config, **spec):
         return True  # the space and objectives are ours already
 
     def suggest(self, trial_id):
-        open_studies = [s for s in self.studies_of_plan if self.asked[s.key] < s.budget]
+        if getattr(self, "unreconciled", False):
+            self._reconcile()
+        open_studies = [s for s in self.plan.studies if self.asked[s.key] < s.budget]
         if not open_studies:
             return Searcher.FINISHED
         study = min(open_studies, key=lambda s: self.asked[s.key])  # round-robin: equal pace
@@ -95,13 +197,14 @@ class StudySearcher(Searcher):
         trial.set_user_attr("tune_trial_id", trial_id)
         self.asked[study.key] += 1
         self.live[trial_id] = trial
+        self.known[trial_id] = (study.key, trial.number)
         return {"dataset": study.dataset, "method": study.method, **trial.params}
 
     def on_trial_result(self, trial_id, result):
         # intermediate values (single objective only, in Optuna) rank pruned trials
-        if len(self.metrics) > 1 or trial_id not in self.live or trial_id in self.told:
+        if len(self.plan.metrics) > 1 or trial_id not in self.live or trial_id in self.told:
             return
-        value = result.get(f"mean_{self.metrics[0]}")
+        value = result.get(f"mean_{self.plan.metrics[0]}")
         step = result.get("training_iteration")
         if isinstance(value, (int, float)) and math.isfinite(value) and step is not None:
             # a trial restarted from a checkpoint repeats the steps after it
@@ -117,7 +220,7 @@ class StudySearcher(Searcher):
         status = trial_status(result, error)
         values = None
         if status == "completed":
-            values = [result.get(f"mean_{m}") for m in self.metrics]
+            values = [result.get(f"mean_{m}") for m in self.plan.metrics]
             if any(not isinstance(v, (int, float)) or math.isnan(v) for v in values):
                 status, values = "crashed", None
         trial.set_user_attr("status", status)
@@ -127,10 +230,10 @@ class StudySearcher(Searcher):
     def save(self, checkpoint_path):
         try:
             with open(checkpoint_path, "wb") as f:
-                pickle.dump(self.__dict__, f)
-        except Exception as e:  # noqa: BLE001
+                pickle.dump(self.__getstate__(), f)
+        except Exception as e:  # noqa: BLE001 - e.g. a sampler given as a lambda
             raise NotImplementedError(f"searcher state not picklable: {e}") from None
 
     def restore(self, checkpoint_path):
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            self.__setstate__(pickle.load(f))

@@ -36,6 +36,18 @@ def sweep_folder(storage: str, name: str) -> str:
     return storage.rstrip("/") + "/" + name
 
 
+def optuna_db(storage: str, name: str) -> Path:
+    """The SQLite file of a sweep's Optuna studies (Optuna's RDB storage), beside its
+    lock and record: <storage>/.sweeps/<name>.optuna.db. Only the driver uses it, so
+    for a URI storage (s3://...) it is on the driver's disk, ./runs/ray/.sweeps/."""
+    base = Path(storage_path(None) if "://" in storage else storage)
+    return base / CLAIMS / f"{name}.optuna.db"
+
+
+def optuna_url(storage: str, name: str) -> str:
+    return f"sqlite:///{optuna_db(storage, name)}"
+
+
 def is_sweep(folder: Path) -> bool:
     return (folder / "tuner.pkl").is_file()
 
