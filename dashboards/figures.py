@@ -268,7 +268,7 @@ def area_usage(runs: pd.DataFrame) -> tuple[list[Plot], str]:
         groups.append((tables.dataset_sort_key(dataset), tables.column_sort_key(column), label,
                        found, len(g)))
     if not groups:
-        return [], "routed runs logged no area_share metrics"
+        return [], "routed runs logged no area usage (area_usage.json or area_share metrics)"
     groups.sort(key=lambda t: (t[0], t[1], t[2]))
     note = ""
     if len(groups) > MAX_HEATMAPS:
@@ -288,8 +288,8 @@ def area_usage(runs: pd.DataFrame) -> tuple[list[Plot], str]:
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share")
     return [Plot("area_usage", "Area usage per routed layer",
                  "Share of training samples routed to each area in the final epoch "
-                 "(area_share metrics), mean over seeds; rows are routed layers. An even "
-                 "split is 1/n_areas; dark columns are areas no sample chose.",
+                 "(each run's area_usage.json, or its area_share metrics), mean over "
+                 "seeds; rows are routed layers. An even split is 1/n_areas; dark columns are areas no sample chose.",
                  _png(fig))], note
 
 

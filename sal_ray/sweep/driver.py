@@ -43,7 +43,8 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          table_by: Sequence[str] | None = None, dry_run: bool = False,
          resume: bool = False, max_failures: int = 3, checkpoint_every: int = 1,
          finish_wait_s: float = 120.0, callbacks: Sequence[Any] = (),
-         layout: str | dict[str, str] = "data", script: dict[str, Any] | None = None):
+         layout: str | dict[str, str] = "data", script: dict[str, Any] | None = None,
+         system_metrics_s: float | None = 5.0):
     """Search trainer configurations with Ray Tune + Optuna, tracked in MLflow.
 
     What to search:
@@ -94,6 +95,10 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     finish_wait_s: at the end, how long to wait for a tracking store that is away
         before leaving the pending writes for `resume`.
     callbacks: extra Ray Tune callbacks for the driver.
+    system_metrics_s: MLflow's system metrics (CPU, memory, disk, network; GPU
+        with pynvml) sampled this often (s) into every trial run; None or 0: off.
+        Every trial run records its cost either way (cost_wall_s, cost_cpu_s,
+        cost_gpu_s, peak_rss_mb), and the parent run their sums.
     script: a study script's own options, stored with the sweep (sweeps/*.py).
 
     What a sweep was started with is stored beside it (record.py): a resume

@@ -41,6 +41,7 @@ class RunOptions:
     finish_wait_s: float = 120.0
     callbacks: Sequence[Any] = field(default_factory=tuple)
     layout: str | dict[str, str] = "data"
+    system_metrics_s: float | None = 5.0  # MLflow system metrics per trial run; None/0: off
 
     @property
     def echo(self):
@@ -66,6 +67,7 @@ class RunOptions:
         checks.seconds("finish_wait_s", self.finish_wait_s, allow_none=False)
         checks.seconds("time_budget_s", self.time_budget_s)
         checks.seconds("flush_every_s", self.flush_every_s)
+        checks.seconds("system_metrics_s", self.system_metrics_s)
         if self.verbose not in (0, 1, 2):
             raise ConfigError("verbose", f"must be 0, 1 or 2; got {self.verbose!r}")
         return self
