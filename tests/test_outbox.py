@@ -73,7 +73,8 @@ def test_an_outage_mid_run_loses_and_doubles_nothing(store, monkeypatch, partial
     assert result.status == "completed" and sink.outbox.pending == 0
     run = client.get_run(sink.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
-    for key in ("val_loss", "val_acc", "train_loss", "areas_used.l0", "area_share.l0.a0"):
+    for key in ("val_loss", "val_acc", "train_loss", "areas_used.l0", "area_entropy_bits.l0",
+                "area_max_share.l0"):
         assert steps(client, sink.run_id, key) == [1, 2, 3, 4], key
     assert steps(client, sink.run_id, "final_val_acc") == [4]
     vals = sorted(client.get_metric_history(sink.run_id, "val_loss"), key=lambda m: m.step)

@@ -42,7 +42,7 @@ def swept(ray_session, tmp_path_factory):
         res = sal_ray.tune(["digits"], ["sal", "bp"], {"lr": [0.05, 1e3], "n_areas": [1, 4]},
                            sampler="grid", fixed=BASE, seeds=2, experiment="answer",
                            name="answer", tracking_uri=uri, storage_path=str(root / "ray"),
-                           log_model="none", system_metrics_s=0.2, verbose=1)
+                           log_model="none", verbose=1)  # system metrics on by default
     client = mlflow.MlflowClient(uri)
     kids = [r for r in client.search_runs([res.experiment_id], max_results=1000)
             if r.data.tags.get("mlflow.parentRunId") == res.parent_run_id]
@@ -191,3 +191,60 @@ def test_the_sweep_prints_a_link_that_opens_its_runs(swept):
     # the view's filter holds exactly the sweep's trial runs (the parent left out)
     found = client.search_runs([res.experiment_id], state["searchFilter"], max_results=1000)
     assert {r.info.run_id for r in found} == {r.info.run_id for r in kids}
+
+
+@pytest.mark.browser
+def test_the_link_opens_the_comparison_in_a_real_mlflow_ui(swept, tmp_path):
+    """Headless Chromium on a real `mlflow server` over the sweep's store: the link
+    opens the trial runs grouped by method, and the columns hold values."""
+    import test_browser_dashboard as tb  # skips, naming what is missing, without Chromium
+    from mlflow_server import MLflowServer
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    res, kids = swept["res"], swept["kids"]
+    server = MLflowServer(swept["uri"], tmp_path)
+    options = webdriver.ChromeOptions()
+    options.binary_location = tb.CHROMIUM
+    for flag in tb.CHROME_FLAGS:
+        if not flag.startswith("--window-size"):
+            options.add_argument(flag)
+    options.add_argument("--window-size=2600,1200")  # every column on screen (ag-grid virtualises)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chrome-profile'}")
+    driver = None
+    try:
+        link = res.ui_link.replace(ui_link.DEFAULT_UI, server.start())
+        driver = webdriver.Chrome(service=Service(tb.CHROMEDRIVER), options=options)
+        driver.set_page_load_timeout(120)
+        driver.get(link)
+        names = [r.info.run_name for r in kids]
+        tb.wait_for_text(driver, ["Group: sal", "Group: bp", *names], timeout=120)
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "Group by: method" in body and "viewing a shared view" in body
+        assert f"{len(kids)} matching runs" in body  # the parent run is not among them
+        tb.screenshot(driver, "mlflow-ui-sweep-link.png")
+
+        def cells(col):
+            return driver.execute_script(
+                "return Array.from(document.querySelectorAll('.ag-cell[col-id=\"' + arguments[0]"
+                " + '\"]')).map(e => e.innerText.trim())", col)
+
+        WebDriverWait(driver, 60, 0.5).until(lambda d: len(cells("params.`lr`")) >= len(kids))
+        by_method = {m: sum(r.data.params["method"] == m for r in kids) for m in ("sal", "bp")}
+        methods = cells("params.`method`")
+        for m, n in by_method.items():
+            assert methods.count(m) == n, methods
+        for col, want in (("params.`n_areas`", {r.data.params["n_areas"] for r in kids}),
+                          ("params.`lr`", {r.data.params["lr"] for r in kids}),
+                          ("params.`depth`", {r.data.params["depth"] for r in kids})):
+            assert want <= set(cells(col)), (col, cells(col))
+        objective = [c for c in cells("metrics.`trial_objective_val_acc`") if c and c != "-"]
+        have = [r for r in kids if "trial_objective_val_acc" in r.data.metrics]
+        assert len(objective) >= len(have) > 0
+        assert all(0 <= float(c.split()[0]) <= 1 for c in objective)
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.stop()
