@@ -23,6 +23,15 @@ import resource
 import sys
 import time
 
+import torch
+
+try:  # MLflow's monitors import psutil: without it a run has no system metrics, nothing else
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+except ImportError as e:
+    SystemMetricsMonitor, NO_MONITOR = None, f"{e} (pip install psutil)"
+else:
+    NO_MONITOR = ""
+
 CLEAR_REFS = "/proc/self/clear_refs"
 STATUS = "/proc/self/status"
 
@@ -66,7 +75,6 @@ class CostMeter:
         _reset_peak_rss()
         self.device = device
         if device is not None and getattr(device, "type", "") == "cuda":
-            import torch  # only for a run on a GPU; torch is loaded there already
             torch.cuda.reset_peak_memory_stats(device)
             start = torch.cuda.Event(enable_timing=True)
             start.record(torch.cuda.current_stream(device))
@@ -83,7 +91,6 @@ class CostMeter:
         out = {"cost_wall_s": time.perf_counter() - self.t0, "cost_cpu_s": _cpu_s() - self.cpu0,
                "cost_gpu_s": 0.0, "peak_rss_mb": _peak_rss_mb()}
         if self.events is not None:
-            import torch
             end = torch.cuda.Event(enable_timing=True)
             end.record(torch.cuda.current_stream(self.device))
             end.synchronize()
@@ -103,8 +110,10 @@ class SystemMetrics:
         self.monitor = None
         # "Started/Stopping monitoring" per run, in every trial's output, is noise
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        if SystemMetricsMonitor is None:
+            logging.getLogger("sal_ray").warning("MLflow system metrics are off: %s", NO_MONITOR)
+            return
         try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
             self.monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s,
                                                 tracking_uri=uri)
             self.monitor.start()
