@@ -165,3 +165,15 @@ def test_a_checkpoints_copy_of_writes_the_live_process_delivered_counts_as_none(
     copy.tags(live.key, {"method": "sal"})
     assert copy.deliver(force=True) and copy.written == 1
     assert client.get_run(live.run_id).data.tags["method"] == "sal"
+
+
+def test_an_artifact_written_on_another_node_is_dropped_not_left_to_block(tmp_path):
+    here = Outbox("sqlite:///unused.db", "0", tmp_path / "box")
+    (tmp_path / "box" / "files" / "s1").mkdir(parents=True)
+    (tmp_path / "box" / "files" / "s1" / "area_usage.json").write_text("{}")
+    here.absorb({"run_ids": {"k": "r1"}, "ops": [
+        {"op": "artifact", "key": "k", "file": "files/s2/area_usage.json", "artifact_path": ""},
+        {"op": "artifact", "key": "k", "file": "files/s1/area_usage.json", "artifact_path": ""},
+        {"op": "tags", "key": "k", "tags": {"a": "1"}}]})
+    assert [op.get("file") for op in here.ops] == ["files/s1/area_usage.json", None]
+    assert here.dropped == ["artifact files/s2/area_usage.json for k: written on another node"]
