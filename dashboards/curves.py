@@ -92,7 +92,7 @@ def area_usage(runs: pd.DataFrame, scope: Scope = WHOLE) -> tuple[list[Plot], st
         groups.append((tables.dataset_sort_key(dataset), tables.column_sort_key(column), label,
                        found, len(g)))
     if not groups:
-        return [], "routed runs logged no area_share metrics"
+        return [], "routed runs logged no area usage (area_usage.json or area_share metrics)"
     groups.sort(key=lambda t: (t[0], t[1], t[2]))
     if len(groups) > MAX_HEATMAPS:
         notes.append(f"{len(groups)} routed configurations; the first {MAX_HEATMAPS} are drawn")
@@ -115,6 +115,6 @@ def area_usage(runs: pd.DataFrame, scope: Scope = WHOLE) -> tuple[list[Plot], st
     fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="share of samples")
     return [Plot(scope.name("area_usage"), scope.title("Area usage per routed layer"),
                  "Share of training samples routed to each area in the final epoch "
-                 "(area_share metrics), mean over seeds; rows are routed layers; one colour "
+                 "(each run's area_usage.json, or its area_share metrics), mean over seeds; rows are routed layers; one colour "
                  "scale for every panel. An even split is 1/n_areas; dark columns are areas "
                  "no sample chose.", png(fig))], note

@@ -13,10 +13,12 @@ parent or under a per-trial run, and it never counts a parent twice.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
 from collections.abc import Mapping
+import tempfile
 from dataclasses import dataclass, field
 
 import mlflow
@@ -229,6 +231,42 @@ def _history(client, run_id: str, keys=CURVE_KEYS) -> pd.DataFrame:
     return frame.sort_index()
 
 
+AREA_USAGE = "area_usage.json"  # sal_ray.tracking.usage writes it
+
+
+def _area_usage(client, runs: pd.DataFrame) -> pd.DataFrame:
+    """A sweep run logs its per-area shares as the artifact `area_usage.json` (the
+    whole matrix per epoch) and only a per-layer summary as metrics: its final
+    epoch fills the `metrics.area_share.l<layer>.a<area>` columns that runs
+    which logged the shares as metrics have. One download per routed run."""
+    summary = [c for c in runs.columns if c.startswith("metrics.area_entropy_bits.l")]
+    if not summary:
+        return runs
+    want = runs[summary].notna().any(axis=1)
+    shares = [c for c in runs.columns if c.startswith("metrics.area_share.")]
+    if shares:
+        want &= runs[shares].isna().all(axis=1)
+    fills: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in runs.index[want]:
+            try:
+                path = client.download_artifacts(runs.at[i, "run_id"], AREA_USAGE, tmp)
+                with open(path) as f:
+                    data = json.load(f)
+                last = data["epochs"][-1]["share"]
+                for layer, row in zip(data["layers"], last):
+                    for area, value in enumerate(row):
+                        fills.setdefault(f"metrics.area_share.l{layer}.a{area}", {})[i] = value
+            except Exception:  # noqa: BLE001 - an absent or odd file: no heatmap for it
+                continue
+    if not fills:
+        return runs
+    extra = pd.DataFrame(fills, index=runs.index)
+    for c in extra.columns:
+        runs[c] = runs[c].fillna(extra[c]) if c in runs else extra[c]
+    return runs
+
+
 def _finals(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], runset: RunSet) -> None:
     """final_<m>: the run's final_<m> metric; else, only if the run reached its last
     epoch, the last logged <m>; else missing (the run is named in the notes). A
@@ -326,7 +364,7 @@ def load_runs(experiments: list[str], tracking_uri: str | None = None,
     if "n_areas" not in out:
         out["n_areas"] = 1
     out["n_areas"] = out["n_areas"].fillna(1).astype(int)
-    out = out.reset_index(drop=True)
+    out = _area_usage(client, out.reset_index(drop=True))
     if with_histories:
         runset.histories = Histories(client, out["run_id"])
     _finals(out, runset.histories, runset)

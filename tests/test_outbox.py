@@ -73,7 +73,8 @@ def test_an_outage_mid_run_loses_and_doubles_nothing(store, monkeypatch, partial
     assert result.status == "completed" and sink.outbox.pending == 0
     run = client.get_run(sink.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
-    for key in ("val_loss", "val_acc", "train_loss", "areas_used.l0", "area_share.l0.a0"):
+    for key in ("val_loss", "val_acc", "train_loss", "areas_used.l0", "area_entropy_bits.l0",
+                "area_max_share.l0"):
         assert steps(client, sink.run_id, key) == [1, 2, 3, 4], key
     assert steps(client, sink.run_id, "final_val_acc") == [4]
     vals = sorted(client.get_metric_history(sink.run_id, "val_loss"), key=lambda m: m.step)
@@ -164,3 +165,15 @@ def test_a_checkpoints_copy_of_writes_the_live_process_delivered_counts_as_none(
     copy.tags(live.key, {"method": "sal"})
     assert copy.deliver(force=True) and copy.written == 1
     assert client.get_run(live.run_id).data.tags["method"] == "sal"
+
+
+def test_an_artifact_written_on_another_node_is_dropped_not_left_to_block(tmp_path):
+    here = Outbox("sqlite:///unused.db", "0", tmp_path / "box")
+    (tmp_path / "box" / "files" / "s1").mkdir(parents=True)
+    (tmp_path / "box" / "files" / "s1" / "area_usage.json").write_text("{}")
+    here.absorb({"run_ids": {"k": "r1"}, "ops": [
+        {"op": "artifact", "key": "k", "file": "files/s2/area_usage.json", "artifact_path": ""},
+        {"op": "artifact", "key": "k", "file": "files/s1/area_usage.json", "artifact_path": ""},
+        {"op": "tags", "key": "k", "tags": {"a": "1"}}]})
+    assert [op.get("file") for op in here.ops] == ["files/s1/area_usage.json", None]
+    assert here.dropped == ["artifact files/s2/area_usage.json for k: written on another node"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import pathlib
 import re
 
@@ -102,14 +103,17 @@ def test_every_parameter_tag_and_metric_recorded(search):
         if p["method"] == "bp":
             assert p["n_areas"] == "1"
         lr = float(p["lr"])
-        assert r.info.run_name == (f"{p['method']}-n{p['n_areas']}-lr{lr:.0e}-s{p['seed']} digits")
+        shown = {"lr": f"lr{lr:.3g}", "n_areas": f"n{p['n_areas']}"}
+        assert r.info.run_name == " ".join(
+            [p["method"], f"#{tags['trial_number']}",
+             *(shown[k] for k in tags["searched"].split(",")), f"s{p['seed']}", "digits"])
         for key in EPOCH_KEYS:
             hist = client.get_metric_history(r.info.run_id, key)
             assert [m.step for m in hist] == [1, 2], key
-        if p["n_areas"] == "4":
-            shares = [client.get_metric_history(r.info.run_id, f"area_share.l0.a{k}")[-1].value
-                      for k in range(4)]
-            assert sum(shares) == pytest.approx(1.0)
+        if p["n_areas"] == "4":  # the shares are an artifact (tests/test_sweep_answer.py)
+            local = client.download_artifacts(r.info.run_id, "area_usage.json")
+            shares = json.loads(pathlib.Path(local).read_text())["epochs"][-1]["share"][0]
+            assert len(shares) == 4 and sum(shares) == pytest.approx(1.0)
             assert [m.step for m in client.get_metric_history(r.info.run_id, "areas_used.l0")] \
                 == [1, 2]
         last = {k: client.get_metric_history(r.info.run_id, k)[-1].value for k in EPOCH_KEYS}

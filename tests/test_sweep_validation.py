@@ -145,9 +145,15 @@ def test_gpu_share_sets_device_cuda():
 def test_run_names_read_well():
     from sal_ray.tracking.sink import default_run_name as default_name
     flat = {**sal_ray.Config().to_flat(), "n_areas": 16, "lr": 1e-3, "seed": 0}
-    assert default_name(flat) == "sal-n16-lr1e-03-s0 digits"
-    assert default_name({**flat, "depth": 4, "width": 256}, ["lr", "depth", "width"]) == \
-        "sal-n16-lr1e-03-d4-w256-s0 digits"
+    assert default_name(flat) == "sal n16 lr0.001 s0 digits"
+    assert default_name({**flat, "depth": 4, "width": 256}, ["lr", "depth", "width"], 7) == \
+        "sal #7 lr0.001 d4 w256 s0 digits"
+    # two learning rates one significant digit would merge stay apart (issue 14)
+    assert default_name({**flat, "lr": 1.2e-3}, ["lr"]) != \
+        default_name({**flat, "lr": 1.4e-3}, ["lr"])
+    assert default_name({**flat, "lr": 1.2e-3}, ["lr"], 1) == "sal #1 lr0.0012 s0 digits"
+    assert default_name({**flat, "feedback_scale": 0.5}, ["feedback_scale"], 2) == \
+        "sal #2 feedback_scale=0.5 s0 digits"
 
 
 def test_importing_the_sweep_module_loads_no_engine():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 
@@ -44,15 +45,25 @@ def test_a_run_records_params_metrics_tags_and_final(store):
     run = client.get_run(sink.run_id)
     expected = build(CFG).params()
     assert run.data.params == {k: str(v) for k, v in expected.items()}
-    assert run.info.run_name == "sal-n4-lr5e-02-s0 digits" and run.info.status == "FINISHED"
+    assert run.info.run_name == "sal n4 lr0.05 s0 digits" and run.info.status == "FINISHED"
     tags = run.data.tags
     assert (tags["dataset"], tags["method"], tags["status"], tags["sweep"]) == \
         ("digits", "sal", "completed", "unit")
     assert tags["mlflow.source.git.commit"] == tags["git_commit"]
     assert {"version.torch", "version.mlflow", "hw.cpu", "hw.cpu_count", "hw.gpu"} <= set(tags)
     assert not any("secret" in k.lower() or "token" in k.lower() for k in tags)
+    # the per-area shares are one artifact, the whole matrix per epoch (tracking.usage)
+    usage = json.loads(pathlib.Path(client.download_artifacts(
+        sink.run_id, "area_usage.json")).read_text())
+    assert [e["epoch"] for e in usage["epochs"]] == [1, 2, 3] and usage["layers"] == [0]
     for key, value in result.final.items():
         if key == "epoch":
+            continue
+        if key.startswith("area_share."):
+            area = int(key.rsplit(".a", 1)[1])
+            assert [e["share"][0][area] for e in usage["epochs"]] == \
+                pytest.approx([h[key] for h in result.history]), key
+            assert not client.get_metric_history(sink.run_id, key)  # not a chart per area
             continue
         hist = client.get_metric_history(sink.run_id, key)
         assert [m.step for m in hist] == [1, 2, 3], key

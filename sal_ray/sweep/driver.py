@@ -44,7 +44,8 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          resume: bool = False, max_failures: int = 3, checkpoint_every: int = 1,
          finish_wait_s: float = 120.0, callbacks: Sequence[Any] = (),
          layout: str | dict[str, str] = "data", script: dict[str, Any] | None = None,
-         progress_every_s: float | None = 15.0):
+         progress_every_s: float | None = 15.0,
+         system_metrics_s: float | None = 5.0):
     """Search trainer configurations with Ray Tune + Optuna, tracked in MLflow.
 
     What to search:
@@ -98,6 +99,10 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     progress_every_s: while trials run, print each running trial's epoch and
         current objective and the sweep's progress with an ETA this often
         (default 15 s; 0 or None: only the lines as trials end).
+    system_metrics_s: MLflow's system metrics (CPU, memory, disk, network; GPU
+        with pynvml) sampled this often (s) into every trial run; None or 0: off.
+        Every trial run records its cost either way (cost_wall_s, cost_cpu_s,
+        cost_gpu_s, peak_rss_mb), and the parent run their sums.
     script: a study script's own options, stored with the sweep (sweeps/*.py).
 
     What a sweep was started with is stored beside it (record.py): a resume

@@ -14,7 +14,7 @@ import ray
 from ray import tune as rt
 from ray.tune.schedulers import ASHAScheduler
 
-from ..tracking import store
+from ..tracking import store, ui_link
 from ..tracking.sink import FLUSH_EVERY_S
 from . import parent, ray_compat, record, runtime
 from . import storage as storage_mod
@@ -26,7 +26,7 @@ from .results import SweepResults, best_and_pareto, trial_records, trials_table
 from .searcher import StudySearcher
 from .storage import StorageError, storage_failure, sweep_folder
 from .trial import run_trial
-from .trial_state import TrialContext
+from .trial_state import TrialContext, tune_trial_name
 
 ENDED = ["completed", "diverged", "failed", "stopped", "crashed", "storage_error"]
 
@@ -69,6 +69,8 @@ def _run(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable,
         else:
             record.save(storage, p.name, options, options.get("script"))
             parent_id = parent.open_parent(uri, experiment_id, p, storage)
+        link = parent.share_sweep_view(uri, experiment_id, p, parent_id)
+        echo(f"MLflow UI (once `{store.ui_command(uri)}` serves it): {link}")
         try:
             res, records, sweep_path = fit_tuner(p, opts, uri, experiment_id, parent_id,
                                                  storage, layouts, echo, store_env)
@@ -76,6 +78,7 @@ def _run(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable,
             parent.mark_crashed(uri, parent_id, e)
             raise
         res.elapsed_s = time.perf_counter() - t0
+        res.ui_link = link
         finish(res, records, sweep_path, uri, echo, opts)
         return res
     finally:
@@ -95,7 +98,8 @@ def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_
                        log_model=opts.log_model,
                        flush_every_s=FLUSH_EVERY_S if opts.flush_every_s is None
                        else opts.flush_every_s,
-                       checkpoint_every=opts.checkpoint_every, store_env=dict(store_env))
+                       checkpoint_every=opts.checkpoint_every, store_env=dict(store_env),
+                       system_metrics_s=opts.system_metrics_s or 0.0)
     resources = {k: v for k, v in p.resources.items() if (v or k == "cpu") and k != "workers"}
     max_concurrent = opts.max_concurrent
     if p.workers > 1:
@@ -155,6 +159,7 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
             trainable,
             tune_config=rt.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                       num_samples=p.total_trials, reuse_actors=True,
+                                      trial_name_creator=tune_trial_name,
                                       max_concurrent_trials=max_concurrent,
                                       time_budget_s=opts.time_budget_s),
             run_config=rt.RunConfig(
@@ -217,7 +222,8 @@ def finish(res: SweepResults, records: list[dict], sweep_path: str, uri: str, ec
     if res.undelivered:
         echo(f"{left} MLflow write(s) are still pending in trial checkpoints; resume to deliver.")
     echo(f"Open the MLflow UI:  {store.ui_command(uri)}")
-    echo(f"  then filter runs:  tags.sweep = '{res.name}'")
+    echo(f"  then open its runs:  {res.ui_link}")
+    echo(f"  (or filter runs:  tags.sweep = '{res.name}')")
     if res.storage_error:
         raise StorageError(res.storage_error)
 
@@ -240,6 +246,7 @@ def record_outcome(res: SweepResults, records: list[dict], uri: str, echo: Calla
     missing = []
     if len(res.trials):
         res.trials["mlflow_run_ids"] = [",".join(by_trial.get(t, [])) for t in res.trials.trial_id]
+        parent.add_costs(res.trials, children)
         for b in res.best.values():
             b["mlflow_run_ids"] = ",".join(by_trial.get(b["trial_id"], []))
         missing = [f"{r.trial_id} ({r.dataset}/{r.method}, {r.status})"
@@ -251,5 +258,5 @@ def record_outcome(res: SweepResults, records: list[dict], uri: str, echo: Calla
                "completed" if ended >= res.plan.total_trials else "interrupted")
     parent.close_parent(uri, res, outcome, ended, opts.table_by,
                         res.storage_error or ("not in MLflow: " + "; ".join(missing)
-                                              if missing else ""))
+                                              if missing else ""), children)
     return outcome, len(res.trials) - len(missing), left

@@ -42,6 +42,7 @@ class RunOptions:
     callbacks: Sequence[Any] = field(default_factory=tuple)
     layout: str | dict[str, str] = "data"
     progress_every_s: float | None = 15.0  # live console lines while trials run; 0: none
+    system_metrics_s: float | None = 5.0  # MLflow system metrics per trial run; None/0: off
 
     @property
     def echo(self):
@@ -68,6 +69,7 @@ class RunOptions:
         checks.seconds("time_budget_s", self.time_budget_s)
         checks.seconds("flush_every_s", self.flush_every_s)
         checks.seconds("progress_every_s", self.progress_every_s)
+        checks.seconds("system_metrics_s", self.system_metrics_s)
         if self.verbose not in (0, 1, 2):
             raise ConfigError("verbose", f"must be 0, 1 or 2; got {self.verbose!r}")
         return self

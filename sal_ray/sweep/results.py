@@ -128,6 +128,7 @@ class SweepResults:
     undelivered: bool = False        # MLflow writes still wait in trial checkpoints
     storage_error: str = ""          # what stopped the sweep, if a disk failed
     optuna_storage: str = ""         # the studies' Optuna storage URL (optuna-dashboard URL)
+    ui_link: str = ""                # the MLflow UI on this sweep's runs (tracking.ui_link)
 
     @property
     def metric(self) -> str:
@@ -157,6 +158,9 @@ class SweepResults:
                     if m in COUNT_METRICS:
                         row[m] = b.get(f"mean_{m}")
                 row["best"] = " ".join(f"{k}={short(v)}" for k, v in b["params"].items())
+            for k in ("cost_wall_s", "cost_cpu_s", "cost_gpu_s"):  # every trial, from MLflow
+                if k in t:
+                    row[k] = float(t[k].sum())
             rows.append(row)
         return pd.DataFrame(rows)
 

@@ -27,7 +27,8 @@ from ..tracking.sink import MLflowSink, default_run_name
 from ..tracking.writes import metric_list
 from ..trainer import Callback, fit
 from .storage import StorageError, storage_failure
-from .trial_state import TrialContext, TrialFolder, config_key, run_key, trial_summary
+from .trial_state import (TrialContext, TrialFolder, config_key, run_key, trial_number,
+                          trial_summary)
 
 
 def penalty(mode: str) -> float:
@@ -124,7 +125,8 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     folder = TrialFolder(ctx, rt.get_checkpoint())
     try:
-        run_seeds(config, ctx, folder, rt.get_context().get_trial_id())
+        run_seeds(config, ctx, folder, rt.get_context().get_trial_id(),
+                  trial_number(rt.get_context().get_trial_name()))
     except Exception as e:
         # a full or failing disk: say so and end, where Tune would retry the trial
         # against the same disk until it gave up; the driver stops the sweep
@@ -138,16 +140,20 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
 
 
 def seed_sink(ctx: TrialContext, folder: TrialFolder, trial_id: str, study: str,
-              cfg_flat: dict, cfg_key: str, index: int, key: str, fallback: str) -> MLflowSink:
+              cfg_flat: dict, cfg_key: str, index: int, key: str, fallback: str,
+              number: str | None = None) -> MLflowSink:
     """The MLflow sink of one seed's run (taken up again by `key` after a restart)."""
     tags = {"sweep": ctx.sweep, "trial": trial_id, "config": cfg_key, "seed_index": index,
             "seeds": ctx.seeds, "searched": ",".join(ctx.searched[study])}
+    if number is not None:
+        tags["trial_number"] = number
     if fallback:
         tags["checkpoint_fallback"] = fallback
     return MLflowSink(ctx.tracking_uri, ctx.experiment_id, parent_run_id=ctx.parent_run_id,
-                      run_name=default_run_name(cfg_flat, ctx.searched[study]), tags=tags,
-                      flush_every_s=ctx.flush_every_s, key=key, outbox=folder.outbox,
-                      fail_fast=True, store_env=ctx.store_env)
+                      run_name=default_run_name(cfg_flat, ctx.searched[study], number),
+                      tags=tags, flush_every_s=ctx.flush_every_s, key=key, outbox=folder.outbox,
+                      fail_fast=True, store_env=ctx.store_env,
+                      system_metrics_s=ctx.system_metrics_s)
 
 
 def fit_seed(ctx: TrialContext, folder: TrialFolder, trial_id: str, cfg_flat: dict,
@@ -160,7 +166,8 @@ def fit_seed(ctx: TrialContext, folder: TrialFolder, trial_id: str, cfg_flat: di
                checkpoint_every=max(ctx.checkpoint_every, 1))
 
 
-def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: str) -> None:
+def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: str,
+              number: str | None = None) -> None:
     dataset, method = config["dataset"], config["method"]
     study = f"{dataset}/{method}"
     searched = {k: v for k, v in config.items() if k not in ("dataset", "method")}
@@ -179,7 +186,8 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
         seed_common = {**common, "seed": seed, "config": cfg_key}
         fallback = folder.fallback
         while True:
-            sink = seed_sink(ctx, folder, trial_id, study, cfg_flat, cfg_key, i, keys[i], fallback)
+            sink = seed_sink(ctx, folder, trial_id, study, cfg_flat, cfg_key, i, keys[i],
+                             fallback, number)
             said = {**seed_common, **({"checkpoint_fallback": fallback} if fallback else {})}
             reporter = TuneReporter(ctx, i, folder, said)
             try:
@@ -200,6 +208,7 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
                 if not sink.opened:
                     sink.open({**cfg_flat})
                 sink.close("failed", str(e))
+                mark_trial(folder, keys[:i + 1], "failed")
                 rt.report({**common, "trial_status": "failed", "message": str(e)[:500],
                            "mlflow_run_ids": run_ids(i + 1)}, checkpoint=folder.checkpoint())
                 return
@@ -210,6 +219,8 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
                            else f"{type(e).__name__}: {e}"[:500])
                 raise
         if result.status != "completed":
+            # the seeds that completed before are runs of a trial that did not
+            mark_trial(folder, keys[:i + 1], result.status)
             rt.report({**(reporter.last or {}), **common, "trial_status": result.status,
                        "message": result.message,
                        **{f"mean_{m}": penalty(mo) for m, mo in zip(ctx.metrics, ctx.modes)},
@@ -226,6 +237,16 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
     last = reporter.last if reporter is not None and reporter.last else {}
     rt.report({**last, **common, **final, "trial_status": "completed",
                "mlflow_run_ids": run_ids(ctx.seeds)}, checkpoint=folder.checkpoint())
+
+
+def mark_trial(folder: TrialFolder, keys: list[str], status: str, deliver: bool = True) -> None:
+    """Tag every seed run of the trial with how the trial ended (`trial_status`): a
+    seed that completed in a trial whose next seed diverged reads as such."""
+    for key in keys:
+        if folder.outbox.knows(key):
+            folder.outbox.tags(key, {"trial_status": status})
+    if deliver:
+        folder.outbox.deliver(force=True)
 
 
 def fit_on_workers(ctx: TrialContext, cfg_flat: dict, sink: MLflowSink, folder: TrialFolder,
@@ -272,6 +293,7 @@ def log_trial_summary(ctx: TrialContext, folder: TrialFolder, keys: list[str], f
     trial_metrics[f"trial_objective_{m0}"] = final[f"mean_{m0}"]
     for key in keys:
         folder.outbox.metrics(key, metric_list(trial_metrics, 0))
+    mark_trial(folder, keys, "completed", deliver=False)
     if not folder.weights:
         return
     if ctx.log_model == "best":

@@ -48,6 +48,7 @@ class TrialContext:
     # travels in Ray's object store with this context, never to disk, and goes
     # into the environment of the processes that talk to the store
     store_env: dict = field(default_factory=dict)
+    system_metrics_s: float = 0.0  # MLflow system metrics sampled this often; 0: off
 
 
 def trial_status(result: dict | None, error: bool = False) -> str:
@@ -59,6 +60,20 @@ def trial_status(result: dict | None, error: bool = False) -> str:
     if status in ("completed", "diverged", "failed", "storage_error"):
         return status
     return "stopped" if result else "crashed"
+
+
+def tune_trial_name(trial) -> str:
+    """Tune's name of a trial (TuneConfig.trial_name_creator): `trial-<n>`, `n` its
+    number in the sweep, Tune's own count (the head of its `experiment_tag`,
+    which a resumed sweep continues)."""
+    head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+    return f"trial-{head}" if head.isdigit() else f"trial-{trial.trial_id}"
+
+
+def trial_number(name: str | None) -> str | None:
+    """The number in a `tune_trial_name`; None for a name without one."""
+    tail = str(name or "").rsplit("-", 1)[-1]
+    return tail if tail.isdigit() else None
 
 
 def config_key(flat: dict[str, Any]) -> str:

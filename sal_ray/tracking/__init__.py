@@ -6,4 +6,7 @@
 - `provenance`: code version, libraries and hardware, as run tags.
 - `outbox`: writes that wait out an outage and are never sent twice.
 - `sink`: `MLflowSink`, the trainer callback recording one run through an outbox.
+- `usage`: per-area usage as a per-layer summary plus the `area_usage.json` matrix.
+- `cost`: a run's wall, CPU and GPU seconds and peak memory; MLflow's system metrics.
+- `ui_link`: the MLflow UI link (a shared view) that opens a sweep on its comparison.
 """

@@ -124,7 +124,16 @@ class Outbox:
         """Take over another outbox's undelivered writes (`MLflowSink.state_for_caller`
         of a sink that ran in a worker process); its runs are uncertain here."""
         self.run_ids.update(state.get("run_ids", {}))
-        self.ops += state.get("ops", [])
+        def here(op) -> bool:
+            # a worker on another node wrote its artifact (area_usage.json) there: the
+            # op could never be sent and would hold up every write after it
+            return op["op"] != "artifact" or bool(
+                self.folder is not None and (self.folder / op["file"]).is_file())
+
+        ops = state.get("ops", [])
+        self.dropped += [f"artifact {op['file']} for {op['key']}: written on another node"
+                         for op in ops if not here(op)]
+        self.ops += [op for op in ops if here(op)]
         self.uncertain |= set(state.get("run_ids", {})) | {op["key"] for op in state.get("ops", [])}
 
     # ---- delivery ---------------------------------------------------------------------

@@ -5,8 +5,9 @@
 Layout (the naming contract the dashboards read, docs/sweeps.md): one parent run
 per sweep, one child run per training run (per seed), tagged `dataset`,
 `method`, `sweep`, `status`; parameters under the bare option names plus the
-derived facts of `Run.params()`; per-epoch metrics at step = epoch; `final_*`
-metrics when a run completes.
+derived facts of `Run.params()`; per-epoch metrics at step = epoch, per-area
+usage summarised per layer (`usage`: the whole matrix is `area_usage.json`);
+`final_*` and cost metrics (`cost`) when a run ends.
 
 Everything goes through an `Outbox` and `MlflowClient` (never the fluent
 `mlflow.start_run` stack): Ray reuses worker processes across trials, and a
@@ -16,11 +17,15 @@ process-global "active run" would leak from one trial into the next.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Iterable
 
 from ..trainer import Callback, Run, RunResult
+from . import usage
+from .cost import CostMeter, SystemMetrics
 from .outbox import Outbox
 from .provenance import run_tags
 from .store import fail_fast_http
@@ -42,7 +47,10 @@ class MLflowSink(Callback):
     metrics, status=completed) right there, so a scheduler that stops the trial in
     a later callback cannot leave it open. on_end: any other ending (diverged,
     stopped) is recorded with its message. `close()` ends a run the trainer never
-    ended (the trial was stopped or crashed).
+    ended (the trial was stopped or crashed). Every ending logs the run's cost
+    (`cost.CostMeter`: cost_wall_s, cost_cpu_s, cost_gpu_s, peak_rss_mb) and,
+    for a routed net, `area_usage.json`; `system_metrics_s` > 0 samples MLflow's
+    system metrics that often while the run trains.
 
     Training never waits for the store: writes it cannot take now stay in
     `outbox` and go with a later flush (a sweep also checkpoints them). `key`
@@ -54,7 +62,8 @@ class MLflowSink(Callback):
                  run_name: str | None = None, tags: dict[str, Any] | None = None,
                  extra_params: dict[str, Any] | None = None,
                  flush_every_s: float = FLUSH_EVERY_S, key: str | None = None,
-                 outbox=None, fail_fast: bool = False, store_env: dict | None = None):
+                 outbox=None, fail_fast: bool = False, store_env: dict | None = None,
+                 system_metrics_s: float | None = None):
         self.uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.run_name, self.tags = run_name, dict(tags or {})
         self.extra_params = dict(extra_params or {})
@@ -70,6 +79,9 @@ class MLflowSink(Callback):
         self.history: list[dict[str, float]] = []
         self._last_flush = 0.0
         self.epochs = 0
+        self.meter = CostMeter()
+        self.system_metrics_s = system_metrics_s
+        self._system: SystemMetrics | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -85,12 +97,15 @@ class MLflowSink(Callback):
         self.epochs = run.cfg.optim.epochs
         self.history = list(getattr(run, "history", []) or [])
         self.open(params)
+        self.meter.start(run.device)
+        if self.system_metrics_s and self.run_id:  # a store that is away: no samples
+            self._system = SystemMetrics(self.run_id, self.uri, self.system_metrics_s)
 
     def on_epoch(self, metrics: dict[str, float]) -> None:
         step = int(metrics["epoch"])
         self.history.append(dict(metrics))
         self.outbox.metrics(self.key, metric_list(
-            {k: v for k, v in metrics.items() if k != "epoch"}, step))
+            {k: v for k, v in usage.compact(metrics).items() if k != "epoch"}, step))
         if step >= self.epochs:
             self.complete()
         elif time.monotonic() - self._last_flush >= self.flush_every_s:
@@ -130,11 +145,31 @@ class MLflowSink(Callback):
 
     def complete(self) -> None:
         last = self.history[-1] if self.history else {}
-        self.outbox.metrics(self.key, metric_list(final_metrics(last, self.history),
-                                                  int(last.get("epoch", 0))))
+        self.outbox.metrics(self.key, metric_list(
+            final_metrics(usage.compact(last), [usage.compact(h) for h in self.history]),
+            int(last.get("epoch", 0))))
+        self.record_ending()
         self.outbox.end(self.key, "completed")
         self.status = "completed"
         self.flush(force=True)
+
+    def record_ending(self) -> None:
+        """The run's cost and its area usage matrix, before its end: sampling stops."""
+        if self._system is not None:
+            self._system.stop()
+            self._system = None
+        cost = self.meter.metrics()
+        if cost:
+            last = self.history[-1] if self.history else {}
+            self.outbox.metrics(self.key, metric_list(cost, int(last.get("epoch", 0))))
+        if usage.matrix(self.history) is None:
+            return
+        if self.outbox.folder is None:  # a sink's own outbox: a folder for the one file
+            self.outbox.folder = Path(tempfile.mkdtemp(prefix="sal-sink-"))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, usage.ARTIFACT)
+            usage.write(self.history, path)
+            self.outbox.artifact(self.key, path, "")  # copied into the outbox now
 
     def state_for_caller(self) -> dict:
         """What is still undelivered, for the process that started this sink in a
@@ -147,6 +182,10 @@ class MLflowSink(Callback):
         if self.status is not None or not self.opened:
             return
         self.status = status
+        try:
+            self.record_ending()
+        except Exception:  # noqa: BLE001 - the ending itself matters more
+            pass
         self.outbox.end(self.key, status, message)
         try:
             self.flush(force=True)
@@ -154,18 +193,22 @@ class MLflowSink(Callback):
             pass
 
 
-def default_run_name(params: dict[str, Any], searched: Iterable[str] = ()) -> str:
-    """`sal-n16-lr1e-04-s0 digits`: method, areas, learning rate, any other searched
-    option (depth d, width w, batch b, epochs e), seed, then the dataset."""
-    short = {"depth": "d", "width": "w", "batch_size": "b", "epochs": "e"}
-    parts = [str(params.get("method")), f"n{params.get('n_areas')}"]
-    lr = params.get("lr")
-    parts.append(f"lr{lr:.0e}" if isinstance(lr, (int, float)) else f"lr{lr}")
-    for name in searched:
-        if name in ("method", "n_areas", "lr", "seed", "dataset"):
+def default_run_name(params: dict[str, Any], searched: Iterable[str] = (),
+                     trial: int | str | None = None) -> str:
+    """`sal #3 n4 lr0.0123 s0 digits`: the method, the trial's number in its sweep
+    (if any), the searched values (without `searched`: areas and learning rate;
+    depth d, width w, batch b, epochs e, any other by name), the seed, then the
+    dataset. Within a sweep the trial number and seed make it unique."""
+    short = {"n_areas": "n", "lr": "lr", "depth": "d", "width": "w", "batch_size": "b",
+             "epochs": "e"}
+    parts = [str(params.get("method"))]
+    if trial is not None:
+        parts.append(f"#{trial}")
+    for name in dict.fromkeys(list(searched) or ["n_areas", "lr"]):
+        if name in ("method", "seed", "dataset"):
             continue
         value = params.get(name)
-        text = f"{value:.2g}" if isinstance(value, float) else str(value)
+        text = f"{value:.3g}" if isinstance(value, float) else str(value)
         parts.append(f"{short[name]}{text}" if name in short else f"{name}={text}")
     parts.append(f"s{params.get('seed')}")
-    return "-".join(parts) + f" {params.get('dataset')}"
+    return " ".join(parts) + f" {params.get('dataset')}"
