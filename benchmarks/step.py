@@ -25,16 +25,29 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from sal_ray.config import Config  # noqa: E402
+from sal_ray.layers import pick_kernel  # noqa: E402
 from sal_ray.models import build_net  # noqa: E402
 from sal_ray.trainer import make_optimizer, make_rule  # noqa: E402
 
 SHAPES = {  # name: (input dim, classes, arch, depth, width, n_areas, routed, batch)
     "digits-2x256-b16": (64, 10, "mlp", 2, 256, 16, "first", 16),
+    # the paper's other input widths through the same 2 x 256 net (Semeion/USPS,
+    # MNIST, CIFAR-10 gray, FER2013, STL-10/PCAM)
+    "w256-2x256-b16": (256, 10, "mlp", 2, 256, 16, "first", 16),
+    "w784-2x256-b16": (784, 10, "mlp", 2, 256, 16, "first", 16),
+    "w1024-2x256-b16": (1024, 10, "mlp", 2, 256, 16, "first", 16),
+    "w2304-2x256-b16": (2304, 10, "mlp", 2, 256, 16, "first", 16),
+    "w9216-2x256-b16": (9216, 10, "mlp", 2, 256, 16, "first", 16),
     "d64-w1024-b16": (1024, 10, "residual", 64, 1024, 4, "hidden", 16),
     "d64-w4096-b16": (1024, 10, "residual", 64, 4096, 4, "hidden", 16),
     "d64-w4096-b1024": (1024, 10, "residual", 64, 4096, 4, "hidden", 1024),
 }
 CPU_SHAPES = ["digits-2x256-b16", "d64-w1024-b16"]
+# --kernel-table: the paper's input widths, SAL at these area counts
+TABLE_SHAPES = ["digits-2x256-b16", "w256-2x256-b16", "w784-2x256-b16", "w1024-2x256-b16",
+                "w2304-2x256-b16", "w9216-2x256-b16"]
+TABLE_AREAS = [16, 4]
+ROUTED_KERNELS = ["onehot", "gather", "sorted"]
 
 
 def sync(device):
@@ -137,7 +150,55 @@ def bench_shape(name, device, dtype, methods, kernels, area_counts=None, repeats
                 step()
             sync(device)
             v[5].append((time.perf_counter() - t0) / n)
-    return [(m, k, statistics.median(ts), nb, fl) for m, k, _, nb, fl, ts, _ in variants]
+    return [(m, k, statistics.median(ts), nb, fl, ts) for m, k, _, nb, fl, ts, _ in variants]
+
+
+def spread(num, den):
+    """Median and range over rounds of num[r] / den[r]: the two were timed in the
+    same round, so a load that comes and goes cancels."""
+    r = [a / b for a, b in zip(num, den)]
+    return statistics.median(r), min(r), max(r)
+
+
+def kernel_table(device, dtype, bandwidth, rate, repeats):
+    """Each routed layout at every paper width for SAL-16 and SAL-4, beside BP and
+    SAL-1; the fastest per shape is the one with the smallest median over rounds of
+    its time over onehot's in the same round (the table pick_kernel follows), and
+    auto's row is the layout pick_kernel chooses there."""
+    best_rows = []
+    print(f"{'shape':<17} {'method':<7} {'kernel':<8} {'step':>11} {'vs best':>17} "
+          f"{'ratio':>6} {'vs BP':>6}   (vs best: median [min-max] over {repeats} rounds; "
+          "ratio: step / its floor)")
+    for name in TABLE_SHAPES:
+        d_in, _, _, _, width, _, _, batch = SHAPES[name]
+        rows = bench_shape(name, device, dtype, ["sal", "bp"], ROUTED_KERNELS, [1] + TABLE_AREAS,
+                           repeats=repeats)
+        bp = next(r for r in rows if r[0] == "bp-1")
+        for n in TABLE_AREAS:
+            mine = {r[1]: r for r in rows if r[0] == f"sal-{n}"}
+            ref = mine["onehot"][5]
+            best = min(mine, key=lambda k: spread(mine[k][5], ref)[0])
+            auto = pick_kernel("auto", n, batch, d_in, width)
+            for kernel in ROUTED_KERNELS + ["auto"]:
+                method, _, t, nbytes, flops, ts = mine[auto if kernel == "auto" else kernel]
+                fb, ff = nbytes / bandwidth, flops / rate
+                med, lo, hi = spread(ts, mine[best][5])
+                label = f"auto:{auto[:3]}" if kernel == "auto" else kernel
+                note = "" if kernel != "auto" else \
+                    (f"  floor {max(fb, ff) * 1e6:.0f}µs ({'bytes' if fb >= ff else 'FLOPs'})"
+                     f" = {max(fb, ff) / bp[2]:.2f}x BP's step")
+                print(f"{name:<17} {method:<7} {label:<8} {t * 1e6:>9.0f}µs "
+                      f"{med:>5.2f} [{lo:.2f}-{hi:.2f}] {t / max(fb, ff):>6.2f} "
+                      f"{t / bp[2]:>6.2f}{note}")
+            best_rows.append((d_in, n, best))
+        for r in rows:
+            if r[0] in ("bp-1", "sal-1"):
+                fl = max(r[3] / bandwidth, r[4] / rate)
+                print(f"{name:<17} {r[0]:<7} {'-':<8} {r[2] * 1e6:>9.0f}µs {'':>17} "
+                      f"{r[2] / fl:>6.2f} {r[2] / bp[2]:>6.2f}")
+    print("measured best (n_areas, d_in): kernel, at batch 16, width 256:")
+    for d_in, n, kernel in best_rows:
+        print(f"    ({n}, {d_in}): \"{kernel}\",")
 
 
 def main(argv=None):
@@ -151,6 +212,10 @@ def main(argv=None):
     p.add_argument("--n-areas", default=None, help="comma list of area/expert counts for sal and "
                    "moe (default: the shape's own)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--kernel-table", action="store_true", help="time onehot/gather/sorted "
+                   "and auto for SAL-16 and SAL-4 at every paper input width (run with "
+                   "--threads 1) and print the fastest per shape")
+    p.add_argument("--repeats", type=int, default=7, help="rounds per variant")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -162,13 +227,16 @@ def main(argv=None):
         f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {where}; {a.dtype}; torch {torch.__version__}")
     print(f"measured: copy bandwidth {bandwidth / 1e9:.1f} GB/s, matmul {rate / 1e12:.3f} TFLOP/s")
+    if a.kernel_table:
+        return kernel_table(device, dtype, bandwidth, rate, a.repeats)
     print(f"{'shape':<17} {'method':<7} {'kernel':<7} {'step':>10} {'bytes fl.':>10} "
           f"{'FLOP fl.':>10} {'ratio':>7} {'vs BP':>6}")
     for name in shapes:
         counts = [int(n) for n in a.n_areas.split(",")] if a.n_areas else None
-        rows = bench_shape(name, device, dtype, a.methods.split(","), a.kernels.split(","), counts)
-        bp_time = next((t for m, _, t, _, _ in rows if m.startswith("bp")), None)
-        for method, kernel, t, nbytes, flops in rows:
+        rows = bench_shape(name, device, dtype, a.methods.split(","), a.kernels.split(","), counts,
+                           repeats=a.repeats)
+        bp_time = next((r[2] for r in rows if r[0].startswith("bp")), None)
+        for method, kernel, t, nbytes, flops, _ in rows:
             fb, ff = nbytes / bandwidth, flops / rate
             vs = f"{t / bp_time:.2f}" if bp_time else "-"
             print(f"{name:<17} {method:<7} {kernel:<7} {t * 1e6:>8.1f}µs {fb * 1e6:>8.1f}µs "

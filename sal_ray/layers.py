@@ -26,9 +26,14 @@ import math
 import torch
 from torch import nn
 
-# Below this many multiply-adds the one-GEMM layout wins (see benchmarks/step.py).
+# `python benchmarks/step.py --threads 1 --kernel-table` (2026-12-02, shared 2-core
+# sandbox, 7 rounds; docs/performance.md), batch 16, width 256, fastest layout:
+#   n_areas 16: d_in 64 sorted (onehot 1.04x), 256..9216 sorted (onehot 1.2-1.6x)
+#   n_areas 4:  d_in 64, 256 onehot (sorted 1.02-1.15x), 784..9216 sorted
+# gather was never fastest (1.3-8.7x). So on the CPU: onehot up to this many
+# multiply-adds N*B*I*O (4.2M: every onehot win, and SAL-16 at 64 within 1.04x),
+# sorted beyond it.
 ONEHOT_MAX_MACS = 1 << 22
-GATHER_MAX_ELEMS = 1 << 21
 
 
 # On a GPU a small batch is bound by reading the weights: the one-GEMM layout reads
@@ -47,8 +52,6 @@ def pick_kernel(kernel: str, n_areas: int, batch: int, d_in: int, d_out: int,
         return "onehot" if n_areas * batch <= GPU_ONEHOT_MAX_ROWS else "sorted"
     if n_areas * batch * d_in * d_out <= ONEHOT_MAX_MACS:
         return "onehot"
-    if batch * d_in * d_out <= GATHER_MAX_ELEMS:
-        return "gather"
     return "sorted"
 
 
