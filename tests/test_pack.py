@@ -40,3 +40,23 @@ def test_a_diverging_member_stops_alone():
 def test_other_shapes_are_refused_by_name():
     with pytest.raises(ConfigError, match="'n_areas'"):
         fit_pack([Config().replace(n_areas=4), Config().replace(n_areas=2)])
+
+
+def test_a_pack_checkpoint_resumes_the_whole_pack(tmp_path):
+    base = Config().replace(n_areas=4, **TINY)
+    cfgs = [base.replace(seed=s) for s in range(2)]
+    whole = fit_pack(cfgs)
+    fit_pack([c.replace(epochs=2) for c in cfgs], checkpoint_dir=str(tmp_path))
+    resumed = fit_pack(cfgs, checkpoint_dir=str(tmp_path))
+    assert [len(r.history) for r in resumed] == [3, 3]
+    assert_same(resumed, whole)
+    with pytest.raises(ConfigError, match="different configuration"):
+        fit_pack([c.replace(lr=0.5) for c in cfgs], checkpoint_dir=str(tmp_path))
+
+
+def test_fuse_false_runs_members_one_by_one_and_layouts_refuse_a_pack():
+    from sal_ray.distributed.layouts import check_layout
+    cfgs = [Config().replace(n_areas=4, fuse=False, **TINY).replace(seed=s) for s in range(2)]
+    assert_same(fit_pack(cfgs), [fit(c) for c in cfgs])
+    with pytest.raises(ConfigError, match="layout='data' cannot run a pack"):
+        check_layout(Config(), "data", 2, pack=5)

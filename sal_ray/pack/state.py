@@ -49,7 +49,9 @@ def load_pack(pack, folder: str) -> int:
         checkpoint.check_config(s["config"], m.run.cfg, folder)
     pack.net.load_state_dict(state["net"])
     for i, (m, s) in enumerate(zip(pack.members, saved)):
-        m.history, m.status, m.message = list(s["history"]), s["status"], s["message"]
+        # a completed member goes on when more epochs are asked for; a diverged one stays
+        m.history, m.message = list(s["history"]), s["message"]
+        m.status = "diverged" if s["status"] == "diverged" else "running"
         if s["status"] == "diverged":
             m.run.net.load_state_dict(s["stopped_net"])
             pack.optimizer.freeze(i)
