@@ -99,6 +99,9 @@ class RunConfig:
     # the run as diverged, for every method alike. 100 is about 43x the loss of a
     # uniform guess over 10 classes: no run that still learns is near it.
     diverge_loss: float = 100.0
+    # Runs of one shape (the seeds of a trial, same-shape configurations) train as
+    # one stacked model (`sal_ray.pack`), each exactly as alone; false: one by one.
+    fuse: bool = True
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "sal": SALConfig,
@@ -337,5 +340,7 @@ HELP = {
     "eval_batch_size": "batch size for evaluation",
     "diverge_loss": "a mean training or validation loss above this (or not finite) ends the "
                     "run as diverged",
+    "fuse": "train runs of one shape (a trial's seeds) as one stacked model, each exactly "
+            "as alone (sal_ray.pack); false: one after another",
 }
 assert set(HELP) == set(OPTION_SECTION), set(OPTION_SECTION) ^ set(HELP)

@@ -101,6 +101,11 @@ class Routing:
         # in the products' dtype: bfloat16 under autocast, whatever x is
         return pieces.new_empty(x_BI.shape[0], O).index_copy(0, self.order_B, pieces)
 
+    def area_counts(self, dtype) -> torch.Tensor:
+        """(N,) how many of the batch's samples chose each area, in `dtype`."""
+        return torch.zeros(self.n_areas, dtype=dtype, device=self.areas_B.device).index_add_(
+            0, self.areas_B, torch.ones_like(self.areas_B, dtype=dtype))
+
     def weight_grad(self, delta_BO):
         """(ΔW_NIO, Δb_NO): per-area sums of x_i^T δ_i and δ_i. Areas no sample
         chose get exact zeros, so plain SGD leaves them bit-identical."""

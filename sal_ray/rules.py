@@ -58,19 +58,20 @@ def backprop_grads(net: Net, x_BI, y_B, moe_balance: float = 0.0):
 
 def switch_balance(gates) -> torch.Tensor:
     """Switch Transformer's auxiliary loss, N Σ_j f_j P_j, summed over routed layers:
-    f_j the share of samples sent to expert j, P_j its mean gate probability."""
+    f_j the share of samples sent to expert j, P_j its mean gate probability.
+    Over leading axes too: a pack's (M, B, N) gates give one loss per member."""
     total = 0.0
     for g_BN, areas_B in gates:
-        n = g_BN.shape[1]
-        f_N = torch.zeros(n, dtype=g_BN.dtype, device=g_BN.device).index_add_(
-            0, areas_B, torch.ones_like(areas_B, dtype=g_BN.dtype)) / areas_B.shape[0]
-        total = total + n * (f_N * g_BN.mean(0)).sum()
+        n = g_BN.shape[-1]
+        f_N = F.one_hot(areas_B, n).to(g_BN.dtype).mean(-2)  # counts are exact, as is / B
+        total = total + n * (f_N * g_BN.mean(-2)).sum(-1)
     return total
 
 
 def _class_error(logits_BC, onehot_BC, batch: int):
-    """∂ mean-CE / ∂ logits = (softmax − onehot) / batch, in onehot's dtype."""
-    return (torch.softmax(logits_BC, dim=1, dtype=onehot_BC.dtype) - onehot_BC) / batch
+    """∂ mean-CE / ∂ logits = (softmax − onehot) / batch, in onehot's dtype. Classes
+    on the last axis, so a pack's (M, B, C) errors use it too (`sal_ray.pack`)."""
+    return (torch.softmax(logits_BC, dim=-1, dtype=onehot_BC.dtype) - onehot_BC) / batch
 
 
 class LayerTrace(NamedTuple):
@@ -109,9 +110,11 @@ def sal_error(logits_BC, y_B, n_classes: int):
 
 @torch.no_grad()
 def sal_layer_grads(layer, trace: LayerTrace, E_top_BC, onehot_BC, rule: SALRule = SALRule()):
-    """Fill one layer's .grad from its own trace and E_top (batch × C) alone."""
+    """Fill one layer's .grad from its own trace and E_top (batch × C) alone.
+    Every product broadcasts over leading axes, so a pack's stacked layer (its
+    tensors carry a leading member axis M, `sal_ray.pack`) runs this same code."""
     routing, z_BF, u_BO, phi_BO, h_BO = trace
-    batch, C = onehot_BC.shape
+    batch, C = onehot_BC.shape[-2:]
     local = rule.lambda_local and (rule.output_local or not layer.is_output)
     if layer.is_output:
         # B = I here, so the local logits are h itself and e_local = E_top.
@@ -122,7 +125,7 @@ def sal_layer_grads(layer, trace: LayerTrace, E_top_BC, onehot_BC, rule: SALRule
         E_BC = E_top_BC
         if local:
             E_BC = E_top_BC + rule.lambda_local * _class_error(h_BO @ B_OC, onehot_BC, batch)
-        grad_h_BO = E_BC @ B_OC.T
+        grad_h_BO = E_BC @ B_OC.mT
     W, b = layer.areas.weight, layer.areas.bias
     # bf16: δ back to the parameter dtype, so the per-area sums (index_add_) run
     # in float32 and only the x^T δ products are autocast
@@ -130,16 +133,14 @@ def sal_layer_grads(layer, trace: LayerTrace, E_top_BC, onehot_BC, rule: SALRule
     dW, db = routing.weight_grad(delta_BO)
     dW, db = dW.to(W.dtype), db.to(b.dtype)
     if rule.area_grad_scale == "area" and routing.areas_B is not None:
-        counts_N = torch.zeros_like(db[:, 0]).index_add_(
-            0, routing.areas_B, torch.ones_like(delta_BO[:, 0]))
-        scale_N = batch / counts_N.clamp(min=1)
-        dW, db = dW * scale_N.view(-1, 1, 1), db * scale_N.view(-1, 1)
+        scale_N = batch / routing.area_counts(db.dtype).clamp(min=1)
+        dW, db = dW * scale_N[..., None, None], db * scale_N[..., None]
     W.grad, b.grad = dW, db
     if z_BF is not None:
         # Selector loss CE(z, y) with z as d_f logits; x is a constant here.
-        onehot_BF = F.pad(onehot_BC, (0, z_BF.shape[1] - C))
+        onehot_BF = F.pad(onehot_BC, (0, z_BF.shape[-1] - C))
         W_s = layer.router.weight
-        W_s.grad = (routing.x_BI.T @ _class_error(z_BF, onehot_BF, batch)).to(W_s.dtype)
+        W_s.grad = (routing.x_BI.mT @ _class_error(z_BF, onehot_BF, batch)).to(W_s.dtype)
 
 
 @torch.no_grad()

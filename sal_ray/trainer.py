@@ -274,29 +274,32 @@ def load_checkpoint(run: Run, folder: str) -> tuple[int, list]:
     return state["epoch"], state["history"]
 
 
+def divergence(cfg: Config, epoch: int, split: str, loss: float) -> str:
+    """Why a run stops at this mean `split` loss, or "" (`sal_ray.pack`: per member)."""
+    lr = f"; stopped (lr={cfg.optim.lr:g})" if split == "training" else ""
+    if not math.isfinite(loss):
+        return f"{split} loss became non-finite in epoch {epoch}{lr}"
+    if loss > cfg.run.diverge_loss:
+        return (f"{split} loss {loss:.4g} exploded past {cfg.run.diverge_loss:g} "
+                f"(diverge_loss) in epoch {epoch}{lr or '; stopped'}")
+    return ""
+
+
 def epoch_metrics(run: Run, epoch: int, wall0: float, layout: Layout = ONE_PROCESS
                   ) -> tuple[dict[str, float] | None, str]:
-    """Train one epoch and evaluate it: (metrics, ""), or (None, why) when the
-    training or validation loss became non-finite or exploded past the run's
-    `diverge_loss`: the same test for every method."""
+    """Train one epoch and evaluate it: (metrics, ""), or (None, why) when a loss
+    diverged (`divergence`: the same test for every method)."""
     t0 = time.perf_counter()
     stats = train_epoch(run, epoch, layout)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     train_time = time.perf_counter() - t0
-    limit = run.cfg.run.diverge_loss
-    if not stats["finite"]:
-        return None, (f"training loss became non-finite in epoch {epoch}; "
-                      f"stopped (lr={run.cfg.optim.lr:g})")
-    if stats["train_loss"] > limit:
-        return None, (f"training loss {stats['train_loss']:.4g} exploded past {limit:g} "
-                      f"(diverge_loss) in epoch {epoch}; stopped (lr={run.cfg.optim.lr:g})")
-    val_loss, val_acc = layout.evaluate(run, run.x_val, run.y_val)
-    if not math.isfinite(val_loss):
-        return None, f"validation loss became non-finite in epoch {epoch}"
-    if val_loss > limit:
-        return None, (f"validation loss {val_loss:.4g} exploded past {limit:g} "
-                      f"(diverge_loss) in epoch {epoch}; stopped")
+    why = divergence(run.cfg, epoch, "training", stats.get("train_loss", math.nan))
+    if not why:
+        val_loss, val_acc = layout.evaluate(run, run.x_val, run.y_val)
+        why = divergence(run.cfg, epoch, "validation", val_loss)
+    if why:
+        return None, why
     return {"epoch": epoch, "train_loss": stats["train_loss"],
             "train_acc": stats["train_acc"], "val_loss": val_loss, "val_acc": val_acc,
             "samples_per_s": len(run.y_train) / train_time, "epoch_time_s": train_time,

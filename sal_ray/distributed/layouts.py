@@ -9,10 +9,17 @@ from ..config import Config, ConfigError
 LAYOUTS = ("data", "layer")
 
 
-def check_layout(cfg: Config, layout: str, world: int | None = None) -> None:
-    """Refuse a layout the method cannot use, before any worker starts."""
+def check_layout(cfg: Config, layout: str, world: int | None = None, pack: int = 1) -> None:
+    """Refuse a layout the method cannot use, before any worker starts. `pack`:
+    how many runs would train fused as one stacked model (`sal_ray.pack`)."""
     if layout not in LAYOUTS:
         raise ConfigError("layout", f"must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    if pack > 1 and cfg.run.fuse:
+        # a layout splits one model's batches or layers over workers; a pack's
+        # stacked tensors and per-member verdicts are not split by either
+        raise ConfigError("fuse", f"layout={layout!r} cannot run a pack ({pack} runs fused "
+                          "as one stacked model): set fuse=false to run them one by one, "
+                          "each over the workers, or run the pack in one process")
     if layout != "layer":
         return
     if cfg.model.method != "sal":
