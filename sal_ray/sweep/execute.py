@@ -16,7 +16,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ..tracking import store
 from ..tracking.sink import FLUSH_EVERY_S
-from . import parent, ray_compat, record, runtime
+from . import head, parent, placement, ray_compat, record, runtime, signals
 from . import storage as storage_mod
 from .console import StopOnStorageError, SweepProgress
 from .delivery import deliver_pending, wait_for_store
@@ -57,6 +57,14 @@ def _run(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable,
     echo(p.describe())
     echo(f"tracking: {uri}, experiment '{p.experiment}'")
     experiment_id = runtime.start_store_and_ray(uri, p.experiment, opts.address, opts.num_cpus)
+    placement.check(p.resources, echo)  # a trial no node can hold: refused before any run
+    with signals.as_ctrl_c(echo):  # ended by SIGTERM or SIGHUP as by Ctrl-C
+        return _claimed(p, opts, storage, layouts, echo, t0, options, uri, store_env,
+                        experiment_id)
+
+
+def _claimed(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable, t0: float,
+             options: dict, uri: str, store_env: dict, experiment_id: str) -> SweepResults:
     # the name is this driver's from here to the end: a second driver under it stops
     # here, before any run of its own exists
     claim = storage_mod.claim(storage, p.name)
@@ -208,7 +216,7 @@ def finish(res: SweepResults, records: list[dict], sweep_path: str, uri: str, ec
         echo(f"Resume it: {resume_how}.")
     if res.undelivered:
         echo(f"{left} MLflow write(s) are still pending in trial checkpoints; resume to deliver.")
-    echo(f"Open the MLflow UI:  {store.ui_command(uri)}")
+    echo(f"Open the MLflow UI:  {head.ui_command(uri)}")
     echo(f"  then filter runs:  tags.sweep = '{res.name}'")
     if res.storage_error:
         raise StorageError(res.storage_error)
