@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml  # a dependency of Ray itself
 from ray._private.services import find_bootstrap_address
+from ray._private.state import state
 
 # `ray up` writes the autoscaler's copy of the cluster config here on the head (the
 # head's `ray start --autoscaling-config` reads it; Tune's cluster_info looks for it
@@ -49,11 +51,8 @@ def launcher_config() -> dict | None:
     head (where `ray submit` runs the sweep); None elsewhere or when unreadable."""
     path = Path(os.path.expanduser(BOOTSTRAP_CONFIG))
     try:
-        import yaml  # a dependency of Ray itself
         config = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, ImportError):
-        return None
-    except Exception:  # noqa: BLE001 - yaml.YAMLError: a torn file is no config
+    except (OSError, ValueError, yaml.YAMLError):  # none, or torn: no config
         return None
     return config if isinstance(config, dict) else None
 
@@ -87,7 +86,6 @@ def autoscaler_node_types() -> list[dict] | None:
 
 def _gcs_node_types() -> list[dict] | None:
     try:
-        from ray._private.state import state
         config = state.get_cluster_config()
     except Exception:  # noqa: BLE001 - not connected, or a Ray without it
         return None
