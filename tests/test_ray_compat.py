@@ -38,3 +38,17 @@ def test_a_tuner_holds_what_replace_callbacks_and_restored_search_alg_reach(tmp_
     ray_compat.replace_callbacks(tuner, [mine])
     assert tuner._local_tuner.get_run_config().callbacks == [mine]
     assert ray_compat.restored_search_alg(tuner) is searcher
+
+
+def test_the_autoscaler_s_node_types_come_from_what_ray_offers(monkeypatch, tmp_path, ray_local):
+    from ray._private.state import state
+    assert callable(state.get_cluster_config)  # what ray_compat and Ray Train read
+    monkeypatch.setenv("HOME", str(tmp_path))
+    # a local Ray: no autoscaler reports a config, and no launcher left one here
+    assert ray_compat.autoscaler_node_types() is None
+    (tmp_path / "ray_bootstrap_config.yaml").write_text(
+        "max_workers: 2\nhead_node_type: h\navailable_node_types:\n"
+        "  h: {resources: {CPU: 0}}\n  w: {resources: {CPU: 4, GPU: 1}, max_workers: 5}\n")
+    assert ray_compat.autoscaler_node_types() == [
+        {"name": "h", "resources": {"CPU": 0}, "max_count": 1, "head": True},
+        {"name": "w", "resources": {"CPU": 4, "GPU": 1}, "max_count": 2, "head": False}]

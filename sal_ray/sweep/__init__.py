@@ -10,6 +10,9 @@ One module per stage (a trial's path: driver -> execute -> searcher -> trial):
     driver      tune(): checks, plans, then hands over to execute
     runtime     starting the store and Ray; quieting the engines
     ray_compat  the only Ray internals used, each with why
+    placement   a trial no node can hold, refused before any run
+    signals     SIGTERM and SIGHUP end a sweep as Ctrl-C does
+    head        how to open the MLflow UI from a laptop when the driver is on a head
     execute     the Tuner (fresh or restored) and the end of a sweep
     searcher    one Optuna study per (dataset, method) behind one Ray Searcher
     trial       what runs inside a trial; trial_state: its context and folder

@@ -16,7 +16,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ..tracking import store, ui_link
 from ..tracking.sink import FLUSH_EVERY_S
-from . import parent, ray_compat, record, runtime
+from . import head, parent, placement, ray_compat, record, runtime, signals
 from . import storage as storage_mod
 from .console import LiveConsole, StopOnStorageError, SweepProgress
 from .delivery import deliver_pending, wait_for_store
@@ -59,6 +59,14 @@ def _run(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable,
     optuna_url = storage_mod.optuna_url(storage, p.name)
     echo(f"Optuna studies: {optuna_url}; watch them live:  optuna-dashboard {optuna_url}")
     experiment_id = runtime.start_store_and_ray(uri, p.experiment, opts.address, opts.num_cpus)
+    placement.check(p.resources, echo)  # a trial no node can hold: refused before any run
+    with signals.as_ctrl_c(echo):  # ended by SIGTERM or SIGHUP as by Ctrl-C
+        return _claimed(p, opts, storage, layouts, echo, t0, options, uri, store_env,
+                        experiment_id)
+
+
+def _claimed(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable, t0: float,
+             options: dict, uri: str, store_env: dict, experiment_id: str) -> SweepResults:
     # the name is this driver's from here to the end: a second driver under it stops
     # here, before any run of its own exists
     claim = storage_mod.claim(storage, p.name)
@@ -70,7 +78,7 @@ def _run(p: Plan, opts: RunOptions, storage: str, layouts: dict, echo: Callable,
             record.save(storage, p.name, options, options.get("script"))
             parent_id = parent.open_parent(uri, experiment_id, p, storage)
         link = parent.share_sweep_view(uri, experiment_id, p, parent_id)
-        echo(f"MLflow UI (once `{store.ui_command(uri)}` serves it): {link}")
+        echo(f"MLflow UI (once `{head.ui_command(uri)}` serves it): {link}")
         try:
             res, records, sweep_path = fit_tuner(p, opts, uri, experiment_id, parent_id,
                                                  storage, layouts, echo, store_env)
@@ -221,7 +229,7 @@ def finish(res: SweepResults, records: list[dict], sweep_path: str, uri: str, ec
         echo(f"Resume it: {resume_how}.")
     if res.undelivered:
         echo(f"{left} MLflow write(s) are still pending in trial checkpoints; resume to deliver.")
-    echo(f"Open the MLflow UI:  {store.ui_command(uri)}")
+    echo(f"Open the MLflow UI:  {head.ui_command(uri)}")
     echo(f"  then open its runs:  {res.ui_link}")
     echo(f"  (or filter runs:  tags.sweep = '{res.name}')")
     if res.storage_error:

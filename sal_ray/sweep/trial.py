@@ -10,11 +10,13 @@ import atexit
 import logging
 import math
 import os
+import socket
 import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
 
+import ray
 from ray import tune as rt
 
 from .. import checkpoint
@@ -144,7 +146,9 @@ def seed_sink(ctx: TrialContext, folder: TrialFolder, trial_id: str, study: str,
               number: str | None = None) -> MLflowSink:
     """The MLflow sink of one seed's run (taken up again by `key` after a restart)."""
     tags = {"sweep": ctx.sweep, "trial": trial_id, "config": cfg_key, "seed_index": index,
-            "seeds": ctx.seeds, "searched": ",".join(ctx.searched[study])}
+            "seeds": ctx.seeds, "searched": ",".join(ctx.searched[study]),
+            # where it ran: on a cluster, which node's disk, GPU and log to look at
+            "ray_node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
     if number is not None:
         tags["trial_number"] = number
     if fallback:
