@@ -48,6 +48,9 @@ class DataConfig:
     dataset: str = "digits"        # one of DATASETS
     data_root: str | None = None   # None: $SAL_RAY_DATA, else ~/.cache/sal_ray/data
     download: bool = False         # fetch missing files (never in tests)
+    # at most this many samples of each split (the first ones of the fixed split):
+    # a few steps per epoch, for scale runs and smoke tests. None: every sample.
+    max_samples: int | None = None
 
 
 @dataclass
@@ -99,6 +102,10 @@ class RunConfig:
     # the run as diverged, for every method alike. 100 is about 43x the loss of a
     # uniform guess over 10 classes: no run that still learns is near it.
     diverge_loss: float = 100.0
+    # bytes a worker may use (host RAM, or a GPU's memory on a GPU); a run whose
+    # estimate (sal_ray.budget) exceeds it is refused before the net is allocated.
+    # None: what the machine has available when the run is built.
+    memory_limit: int | None = None
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "sal": SALConfig,
@@ -298,6 +305,10 @@ def validate(cfg: Config, n_classes: int | None = None) -> Config:
     _positive("epochs", o.epochs, integer=True)
     _positive("eval_batch_size", r.eval_batch_size, integer=True)
     _positive("diverge_loss", r.diverge_loss)
+    if d.max_samples is not None:
+        _positive("max_samples", d.max_samples, integer=True)
+    if r.memory_limit is not None:
+        _positive("memory_limit", r.memory_limit, integer=True)
     return cfg
 
 
@@ -305,6 +316,7 @@ HELP = {
     "dataset": "dataset name: " + ", ".join(DATASETS),
     "data_root": "folder holding the datasets (default: $SAL_RAY_DATA or ~/.cache/sal_ray/data)",
     "download": "download missing dataset files where the source allows it",
+    "max_samples": "use at most this many samples of each split (default: all)",
     "method": "learning rule: sal (SAL), bp (backprop baseline) or moe (top-1 MoE by backprop)",
     "arch": "mlp: ReLU layers (Convergence protocol); residual: linear, tanh+skip, linear "
             "(Depth/Width protocols)",
@@ -337,5 +349,7 @@ HELP = {
     "eval_batch_size": "batch size for evaluation",
     "diverge_loss": "a mean training or validation loss above this (or not finite) ends the "
                     "run as diverged",
+    "memory_limit": "bytes a worker may use; a run estimated above it is refused before "
+                    "its net is allocated (default: the memory available)",
 }
 assert set(HELP) == set(OPTION_SECTION), set(OPTION_SECTION) ^ set(HELP)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint
+from . import budget, checkpoint
 from . import data as datasets
 from .checkpoint import CHECKPOINT_NAME  # noqa: F401 - a public name of sal_ray.trainer
 from .config import Config, ConfigError, validate
@@ -168,10 +168,12 @@ def build(cfg: Config, layout: Layout | None = None) -> Run:
     validate(cfg)
     layout.check(cfg)
     device = resolve_device(cfg.run.device)
-    splits = datasets.load(cfg.data.dataset, cfg.data.data_root, cfg.data.download)
+    splits = datasets.load(cfg.data.dataset, cfg.data.data_root,
+                           cfg.data.download).head(cfg.data.max_samples)
     validate(cfg, n_classes=splits.n_classes)
     dtype = getattr(torch, cfg.run.dtype)
     arch = Architecture.from_config(cfg, splits.input_dim, splits.n_classes)
+    budget.check(cfg, arch, layout, splits.n_samples, device)  # before the net is allocated
     net = layout.make_net(cfg, arch).to(device=device, dtype=dtype)
     x_train, x_val = (layout.inputs(x).to(dtype).to(device)
                       for x in (splits.x_train, splits.x_val))
