@@ -34,7 +34,9 @@ from .models import Architecture, param_counts
 ACT_COPIES = 4          # u, φ(u), h and the layer's error, per layer, kept for the update
 EVAL_COPIES = 3         # u, φ(u), h of the layer being evaluated
 INIT_BYTES_PER_ELEM = 24  # float64 draw, its scaled copy and the per-area copy
-PROCESS_BYTES = 400 << 20  # a Python process with torch imported (measured ~0.35 GB)
+# a worker process itself: a Ray Train worker with torch imported peaked at 0.95 GB
+# (VmHWM, benchmarks/full_size.py at width 128); a plain torch process at ~0.35 GB
+PROCESS_BYTES = 1 << 30
 
 GB = 1e9
 

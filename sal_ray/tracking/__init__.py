@@ -6,4 +6,6 @@
 - `provenance`: code version, libraries and hardware, as run tags.
 - `outbox`: writes that wait out an outage and are never sent twice.
 - `sink`: `MLflowSink`, the trainer callback recording one run through an outbox.
+- `weights`: the large-weights rule: past `LOG_MODEL_MAX_BYTES` a model is logged
+  as a reference (path, size, SHA-256), not uploaded.
 """
