@@ -22,8 +22,9 @@ from .config import DEFAULTS, Config, ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # options that may differ between the run that wrote a checkpoint and the one
-# resuming it: more epochs continue a run, and another device reads the same state
-RESUMABLE_CHANGES = ("epochs", "device")
+# resuming it: more epochs continue a run, another device reads the same state,
+# and a machine with other memory may hold it
+RESUMABLE_CHANGES = ("epochs", "device", "memory_limit")
 
 
 class CheckpointError(ValueError):

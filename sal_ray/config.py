@@ -48,6 +48,9 @@ class DataConfig:
     dataset: str = "digits"        # one of DATASETS
     data_root: str | None = None   # None: $SAL_RAY_DATA, else ~/.cache/sal_ray/data
     download: bool = False         # fetch missing files (never in tests)
+    # at most this many samples of each split (the first ones of the fixed split):
+    # a few steps per epoch, for scale runs and smoke tests. None: every sample.
+    max_samples: int | None = None
 
 
 @dataclass
@@ -102,6 +105,10 @@ class RunConfig:
     # Runs of one shape (the seeds of a trial, same-shape configurations) train as
     # one stacked model (`sal_ray.pack`), each exactly as alone; false: one by one.
     fuse: bool = True
+    # bytes a worker may use (host RAM, or a GPU's memory on a GPU); a run whose
+    # estimate (sal_ray.budget) exceeds it is refused before the net is allocated.
+    # None: what the machine has available when the run is built.
+    memory_limit: int | None = None
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "sal": SALConfig,
@@ -301,6 +308,10 @@ def validate(cfg: Config, n_classes: int | None = None) -> Config:
     _positive("epochs", o.epochs, integer=True)
     _positive("eval_batch_size", r.eval_batch_size, integer=True)
     _positive("diverge_loss", r.diverge_loss)
+    if d.max_samples is not None:
+        _positive("max_samples", d.max_samples, integer=True)
+    if r.memory_limit is not None:
+        _positive("memory_limit", r.memory_limit, integer=True)
     return cfg
 
 
@@ -308,6 +319,7 @@ HELP = {
     "dataset": "dataset name: " + ", ".join(DATASETS),
     "data_root": "folder holding the datasets (default: $SAL_RAY_DATA or ~/.cache/sal_ray/data)",
     "download": "download missing dataset files where the source allows it",
+    "max_samples": "use at most this many samples of each split (default: all)",
     "method": "learning rule: sal (SAL), bp (backprop baseline) or moe (top-1 MoE by backprop)",
     "arch": "mlp: ReLU layers (Convergence protocol); residual: linear, tanh+skip, linear "
             "(Depth/Width protocols)",
@@ -342,5 +354,7 @@ HELP = {
                     "run as diverged",
     "fuse": "train runs of one shape (a trial's seeds) as one stacked model, each exactly "
             "as alone (sal_ray.pack); false: one after another",
+    "memory_limit": "bytes a worker may use; a run estimated above it is refused before "
+                    "its net is allocated (default: the memory available)",
 }
 assert set(HELP) == set(OPTION_SECTION), set(OPTION_SECTION) ^ set(HELP)

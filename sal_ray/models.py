@@ -179,7 +179,7 @@ class ParamCounts:
     total: int    # all area weights and biases
     router: int   # trained router weights (SAL's W_s, MoE's W_g)
     fixed: int    # frozen tensors: SAL's W_fix and B
-    per_layer: list = field(default_factory=list)
+    per_layer: list = field(default_factory=list)  # per layer: the same four counts
 
     def as_dict(self) -> dict[str, int]:
         return {"params_active": self.active, "params_total": self.total,
@@ -189,17 +189,18 @@ class ParamCounts:
 def param_counts(arch: Architecture, method: str) -> ParamCounts:
     """By formula from the architecture alone, so a 1B-parameter configuration
     can be costed without allocating it (a test checks it against real tensors)."""
-    active = total = router = fixed = 0
-    for i, s in enumerate(arch.layers):
+    rows = []
+    for s in arch.layers:
         area = s.d_in * s.d_out + s.d_out
-        active += area
-        total += s.n_areas * area
+        row = {"active": area, "total": s.n_areas * area, "router": 0, "fixed": 0}
         if s.n_areas > 1 and method == "sal":
             d_f = arch.features(s)
-            router += s.d_in * d_f
-            fixed += d_f * s.n_areas
+            row["router"] = s.d_in * d_f
+            row["fixed"] = d_f * s.n_areas
         elif s.n_areas > 1 and method == "moe":
-            router += s.d_in * s.n_areas
+            row["router"] = s.d_in * s.n_areas
         if method == "sal":
-            fixed += s.d_out * arch.n_classes
-    return ParamCounts(active, total, router, fixed)
+            row["fixed"] += s.d_out * arch.n_classes
+        rows.append(row)
+    return ParamCounts(*(sum(r[k] for r in rows) for k in ("active", "total", "router", "fixed")),
+                       per_layer=rows)

@@ -2,12 +2,11 @@
 
     config -> data -> net -> rule -> fit() -> callbacks (console, MLflow, Tune)
 
-The core never imports the orchestration layers: they plug in as `Callback`s,
-and a multi-worker layout (`sal_ray.distributed`) as a `Layout` passed to
-`build` and `fit`: one epoch loop and one fit loop serve every layout.
-Everything that can be wrong with the input is checked in `build()`, before
-any training; a run writes an atomic checkpoint after every epoch when given a
-folder, so a failure mid-run loses nothing already finished.
+The core never imports the orchestration layers: they plug in as `Callback`s, and a
+multi-worker layout (`sal_ray.distributed`) as a `Layout` passed to `build` and `fit`:
+one epoch loop and one fit loop serve every layout. Everything that can be wrong with
+the input is checked in `build()`, before any training; a run writes an atomic
+checkpoint after every epoch when given a folder, so a failure mid-run loses nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint
+from . import budget, checkpoint
 from . import data as datasets
 from .checkpoint import CHECKPOINT_NAME  # noqa: F401 - a public name of sal_ray.trainer
 from .config import Config, ConfigError, validate
@@ -168,10 +167,12 @@ def build(cfg: Config, layout: Layout | None = None) -> Run:
     validate(cfg)
     layout.check(cfg)
     device = resolve_device(cfg.run.device)
-    splits = datasets.load(cfg.data.dataset, cfg.data.data_root, cfg.data.download)
+    d = cfg.data
+    splits = datasets.load(d.dataset, d.data_root, d.download).head(d.max_samples)
     validate(cfg, n_classes=splits.n_classes)
     dtype = getattr(torch, cfg.run.dtype)
     arch = Architecture.from_config(cfg, splits.input_dim, splits.n_classes)
+    budget.check(cfg, arch, layout, splits.n_samples, device)  # before the net is allocated
     net = layout.make_net(cfg, arch).to(device=device, dtype=dtype)
     x_train, x_val = (layout.inputs(x).to(dtype).to(device)
                       for x in (splits.x_train, splits.x_val))
@@ -298,7 +299,7 @@ def epoch_metrics(run: Run, epoch: int, wall0: float, layout: Layout = ONE_PROCE
     if not why:
         val_loss, val_acc = layout.evaluate(run, run.x_val, run.y_val)
         why = divergence(run.cfg, epoch, "validation", val_loss)
-    if why:
+    if why:  # diverged in training or validation: no metrics for this epoch
         return None, why
     return {"epoch": epoch, "train_loss": stats["train_loss"],
             "train_acc": stats["train_acc"], "val_loss": val_loss, "val_acc": val_acc,
@@ -376,7 +377,7 @@ class PrintProgress(Callback):
 
     def on_start(self, run: Run) -> None:
         c = run.cfg
-        self.total = c.optim.epochs
+        self.total = c.optim.epochs  # for the "epoch k/total" lines
         self.print(f"[sal-ray] {c.model.method} on {c.data.dataset}: depth {c.model.depth}, "
                    f"width {c.model.width}, n_areas {c.model.n_areas}, lr {c.optim.lr:g}, "
                    f"batch {c.optim.batch_size}, seed {c.run.seed}, {run.device}; "
@@ -388,8 +389,7 @@ class PrintProgress(Callback):
                    f"  {m['samples_per_s']:,.0f} samples/s  {m['wall_time_s']:.1f}s")
 
     def on_end(self, result: RunResult) -> None:
-        if result.status != "completed":
-            self.print(f"  [{result.status}] {result.message}")
+        if result.status != "completed": self.print(f"  [{result.status}] {result.message}")
 
 
 def train(config: Config | None = None, callbacks: Sequence[Callback] = (),

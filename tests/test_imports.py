@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / "sal_ray"
-CORE = ["config", "layers", "models", "rules", "trainer", "checkpoint", "data", "paper", "fs", "pack",
+CORE = ["config", "budget", "layers", "models", "rules", "trainer", "checkpoint", "data", "paper", "fs",
+        "pack",
         "cli", "__init__"]
 ALLOWED_THIRD_PARTY = {"torch", "numpy", "sklearn", "torchvision", "scipy", "h5py", "PIL"}
 ENGINES = {"ray", "optuna", "mlflow"}

@@ -41,6 +41,13 @@ class Splits:
     def n_samples(self) -> int:
         return len(self.y_train) + len(self.y_val)
 
+    def head(self, n: int | None) -> Splits:
+        """The first `n` samples of each split (all of them if None): views, no copy."""
+        if n is None:
+            return self
+        return Splits(self.name, self.x_train[:n], self.y_train[:n], self.x_val[:n],
+                      self.y_val[:n], self.n_classes, self.input_dim)
+
     def to(self, device: torch.device | str) -> Splits:
         """The same splits on `device` (one copy per tensor, before training)."""
         return Splits(self.name, self.x_train.to(device), self.y_train.to(device),

@@ -168,6 +168,11 @@ class LayerParallel(Layout):
     def check(self, cfg: Config) -> None:
         check_layout(cfg, "layer", self.group.world)
 
+    def held_layers(self, cfg: Config, arch: Architecture) -> range:
+        """This stage's layers (`budget` estimates its memory from them)."""
+        bounds = stage_bounds(arch, cfg.model.method, self.group.world, self.boundaries)
+        return range(bounds[self.group.rank], bounds[self.group.rank + 1])
+
     def make_net(self, cfg: Config, arch: Architecture) -> Stage:
         self.bounds = stage_bounds(arch, cfg.model.method, self.group.world, self.boundaries)
         self.first, stop = self.bounds[self.group.rank], self.bounds[self.group.rank + 1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ..config import Config
 from ..trainer import Callback, PrintProgress, RunResult
 from .group import Group
 from .launch import fit
-from .layouts import check_layout
+from .layouts import check_layout, check_memory
 
 
 @dataclass
@@ -46,6 +47,39 @@ class DistributedRunResult(RunResult):
     run_path: str | None = None          # storage_path/name
     ray_result: Any = None               # ray.train.Result
     callback_states: list = None         # rank 0's callbacks' `state_for_caller()`
+
+
+def link_files(src: str, dest: str) -> int:
+    """Every file under `src` hard-linked at the same place under `dest` (made as
+    needed), copied only where a link cannot be made (another filesystem). The
+    trainer writes each checkpoint file under a fresh name and renames it into
+    place, so a link never sees a later write. Returns the bytes copied."""
+    copied = 0
+    for root, _, files in os.walk(src):
+        target = os.path.join(dest, os.path.relpath(root, src))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            there = os.path.join(target, name)
+            if os.path.exists(there):
+                os.remove(there)  # a restarted report: replace what an earlier try left
+            try:
+                os.link(os.path.join(root, name), there)
+            except OSError:  # EXDEV and the like: the storage is on another device
+                shutil.copy2(os.path.join(root, name), there)
+                copied += os.path.getsize(there)
+    return copied
+
+
+def persist_by_link(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+    """Ray Train's `checkpoint_upload_fn` for a local storage path: the worker's
+    checkpoint files are hard-linked into the run's folder instead of copied, so a
+    multi-GB checkpoint is written once (Ray's default copies it with
+    pyarrow.fs.copy_files). The layer layout's workers each link their own shards
+    into the same folder, as Ray's merge of their folders would."""
+    storage = ray.train.get_context().get_storage()
+    dest = os.path.join(storage.experiment_fs_path, dir_name)
+    link_files(checkpoint.path, dest)
+    return ray.train.Checkpoint(dest, filesystem=storage.storage_filesystem)
 
 
 def _train_loop_per_worker(config: dict) -> dict:
@@ -63,8 +97,9 @@ def _train_loop_per_worker(config: dict) -> dict:
         # layer: every stage reads its own layers' shards
         if group.is_main or layout == "layer":
             restored = ray.train.get_checkpoint()
-            if restored is not None:
-                resume_dir = restored.to_directory(os.path.join(scratch, "restored"))
+            if restored is not None:  # read in place (mmap) when local: no copy of GBs
+                resume_dir = restored.path if os.path.isdir(restored.path) else \
+                    restored.to_directory(os.path.join(scratch, "restored"))
             else:
                 resume_dir = config["resume_from"]
         out_dir = os.path.join(scratch, "out") if group.is_main or layout == "layer" else None
@@ -78,7 +113,8 @@ def _train_loop_per_worker(config: dict) -> dict:
             if config.get("report_metrics") is not None:  # e.g. a sweep's running means
                 metrics = config["report_metrics"](metrics)
             ray.train.report(metrics, checkpoint=checkpoint,
-                             checkpoint_dir_name=f"epoch_{int(metrics['epoch']):05d}")
+                             checkpoint_dir_name=f"epoch_{int(metrics['epoch']):05d}",
+                             checkpoint_upload_fn=persist_by_link)
 
         result = fit(cfg, group, out_dir, callbacks=config["callbacks"], on_epoch_end=publish_to_ray,
                      resume_dir=resume_dir, layout=layout, boundaries=config["boundaries"])
@@ -139,11 +175,19 @@ def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
       a layer-parallel one) to start from when the Train run has none of its own.
     report_metrics: a picklable function applied, on the workers, to each epoch's
       metrics before Ray reports them (inside a Tune trial: what Tune hears).
+    Memory is budgeted first (`layouts.check_memory`, from `sal_ray.budget`): CPU
+    workers together against cfg's memory_limit (default: this machine's
+    available memory), refused with a ConfigError before Ray starts; each
+    worker checks itself again before building its net. A checkpoint is
+    persisted by hard-linking the workers' files into the run's folder
+    (`persist_by_link`), and a restored one is read where it lies.
     Raises ray.train.TrainingFailedError when a worker fails.
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1; got {num_workers}")
     check_layout(cfg, layout, num_workers)  # before Ray starts: a refusal costs nothing
+    # CPU workers share this machine's memory; GPU workers are checked on their device
+    check_memory(cfg, layout, num_workers, boundaries, shared_host=not use_gpu)
     storage_path = os.path.abspath(os.path.expanduser(storage_path or "~/ray_results"))
     if cfg.data.data_root:  # workers run in another directory
         cfg = cfg.replace(data_root=os.path.abspath(os.path.expanduser(cfg.data.data_root)))

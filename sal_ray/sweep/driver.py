@@ -24,6 +24,7 @@ import time
 from typing import Any, Sequence
 
 from ..config import METHODS
+from ..tracking.weights import LOG_MODEL_MAX_BYTES
 from . import checks, record, storage
 from .options import RunOptions
 from .plan import check_data, plan
@@ -39,6 +40,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          address: str | None = None, num_cpus: int | None = None,
          max_concurrent: int | None = None, time_budget_s: float | None = None,
          storage_path: str | None = None, log_model: str = "best",
+         log_model_max_bytes: int | None = LOG_MODEL_MAX_BYTES,
          flush_every_s: float | None = None, verbose: int = 1,
          table_by: Sequence[str] | None = None, dry_run: bool = False,
          resume: bool = False, max_failures: int = 3, checkpoint_every: int = 1,
@@ -81,6 +83,9 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     address: a Ray cluster (default $RAY_ADDRESS, else a `ray start` cluster on this
         machine, else a local Ray with `num_cpus`).
     log_model: 'best' (weights of each study's best-so-far trial), 'all' or 'none'.
+    log_model_max_bytes: weights larger than this (default 256 MiB) are logged as a
+        reference (checkpoint path, size, SHA-256: tracking/weights.py) instead
+        of uploaded; None uploads them whatever their size.
     table_by: also print every configuration, datasets down and these options
         across (SweepResults.grid), after the comparison table.
     dry_run: validate and return the Plan without loading Ray or touching MLflow.

@@ -103,7 +103,7 @@ def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_
                        fixed={s.key: s.fixed for s in p.studies},
                        searched={s.key: tuple(s.space) for s in p.studies},
                        metrics=p.metrics, modes=p.modes, seeds=p.seeds, base_seed=p.base_seed,
-                       log_model=opts.log_model,
+                       log_model=opts.log_model, log_model_max_bytes=opts.log_model_max_bytes,
                        flush_every_s=FLUSH_EVERY_S if opts.flush_every_s is None
                        else opts.flush_every_s,
                        checkpoint_every=opts.checkpoint_every, store_env=dict(store_env),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..config import ConfigError
+from ..tracking.weights import LOG_MODEL_MAX_BYTES
 from . import checks
 
 LOG_MODEL = ("best", "all", "none")
@@ -32,6 +33,7 @@ class RunOptions:
     time_budget_s: float | None = None
     storage_path: str | None = None      # Tune's folder (default ./runs/ray)
     log_model: str = "best"
+    log_model_max_bytes: int | None = LOG_MODEL_MAX_BYTES  # larger: a reference, not an upload
     flush_every_s: float | None = None   # MLflow writes at most this often per run
     verbose: int = 1
     table_by: Sequence[str] | None = None
@@ -54,6 +56,7 @@ class RunOptions:
             raise ConfigError("log_model", f"must be 'best', 'all' or 'none'; got "
                               f"{self.log_model!r}")
         checks.positive_int("max_concurrent", self.max_concurrent, allow_none=True)
+        checks.positive_int("log_model_max_bytes", self.log_model_max_bytes, allow_none=True)
         checks.positive_int("num_cpus", self.num_cpus, allow_none=True)
         checks.count("max_failures", self.max_failures)
         checks.count("checkpoint_every", self.checkpoint_every)

@@ -7,6 +7,7 @@ seed its own MLflow run; Tune hears the running mean over seeds after every epoc
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ from ..data import DataError
 from ..distributed import fit_distributed, gather_checkpoint
 from ..tracking import store
 from ..tracking.sink import MLflowSink, default_run_name
+from ..tracking.weights import checkpoint_reference, reference_tags, uploads
 from ..tracking.writes import metric_list
 from ..trainer import Callback, fit
 from .storage import StorageError, storage_failure
@@ -231,9 +233,13 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
                        "mlflow_run_ids": run_ids(i + 1)}, checkpoint=folder.checkpoint())
             return
         weights = None
-        if ctx.log_model != "none":
+        path = getattr(result, "checkpoint_path", None)
+        if ctx.log_model != "none" and result.net is None and path and \
+                not uploads(path, ctx.log_model_max_bytes):
+            weights = path  # larger than log_model_max_bytes: referenced where Ray keeps it
+        elif ctx.log_model != "none":
             weights = result.net.state_dict() if result.net is not None else \
-                checkpoint_weights(getattr(result, "checkpoint_path", None))
+                checkpoint_weights(path)
         folder.seed_done({**result.counts, **result.final, "seed": seed}, weights)
     final = trial_summary(folder.prior, ctx.metrics)
     log_trial_summary(ctx, folder, keys[:len(folder.prior)], final, common)
@@ -314,5 +320,11 @@ def log_trial_summary(ctx: TrialContext, folder: TrialFolder, keys: list[str], f
         if better:
             return
     for key, rel in zip(keys, folder.weights):
-        folder.outbox.artifact(key, str(folder.work / rel), "model")
-        folder.outbox.tags(key, {"model_logged": "true"})
+        path = rel["ref"] if isinstance(rel, dict) else str(folder.work / rel)
+        if uploads(path, ctx.log_model_max_bytes):
+            folder.outbox.artifact(key, path, "model")
+            folder.outbox.tags(key, {"model_logged": "true"})
+        else:  # past log_model_max_bytes: where the weights are, their size and hash
+            ref = checkpoint_reference(path)
+            folder.outbox.tags(key, reference_tags(ref))
+            folder.outbox.artifact_text(key, json.dumps(ref, indent=1), "model/reference.json")

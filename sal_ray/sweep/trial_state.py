@@ -17,6 +17,7 @@ import torch
 from ray import tune as rt
 
 from ..tracking.outbox import Outbox
+from ..tracking.weights import LOG_MODEL_MAX_BYTES
 from .storage import StorageError
 
 # Final metrics summarised as mean ± std over seeds in the trials table.
@@ -39,6 +40,7 @@ class TrialContext:
     log_model: str
     flush_every_s: float
     checkpoint_every: int = 1
+    log_model_max_bytes: int | None = LOG_MODEL_MAX_BYTES  # tracking/weights.py
     workers: int = 1             # > 1: each seed trains on Ray Train workers
     layouts: dict = field(default_factory=dict)  # method -> parallel layout ("data")
     worker_cpu: float = 1.0
@@ -148,7 +150,9 @@ class TrialFolder:
         """Seed finished: its metrics and weights are kept, its trainer checkpoint goes
         (the next seed starts from scratch in the same folder)."""
         self.prior.append(final)
-        if weights is not None:
+        if isinstance(weights, str):  # a checkpoint folder too large to load: referenced
+            self.weights.append({"ref": weights})
+        elif weights is not None:
             (self.work / "weights").mkdir(exist_ok=True)
             rel = f"weights/state_dict_s{final.get('seed', self.seed_index)}.pt"
             torch.save(weights, self.work / rel)

@@ -9,4 +9,6 @@
 - `usage`: per-area usage as a per-layer summary plus the `area_usage.json` matrix.
 - `cost`: a run's wall, CPU and GPU seconds and peak memory; MLflow's system metrics.
 - `ui_link`: the MLflow UI link (a shared view) that opens a sweep on its comparison.
+- `weights`: the large-weights rule: past `LOG_MODEL_MAX_BYTES` a model is logged
+  as a reference (path, size, SHA-256), not uploaded.
 """

@@ -106,15 +106,33 @@ class Outbox:
         self.ops.append({"op": "tags", "key": key, "tags": {k: str(v) for k, v in tags.items()}})
 
     def artifact(self, key: str, path: str, artifact_path: str) -> None:
-        """Copies `path` into the outbox folder now: the caller's file may not last."""
+        """Stages `path` in the outbox folder now (the caller's file may not last):
+        a hard link where the folder is on the same filesystem (no bytes copied;
+        the caller replacing its file makes a new one), else a copy."""
+        staged = self._slot(Path(path).name)
+        try:
+            os.link(path, staged)
+        except OSError:  # another filesystem, or links not allowed there
+            shutil.copy2(path, staged)
+        self._staged(key, staged, artifact_path)
+
+    def artifact_text(self, key: str, text: str, name: str) -> None:
+        """A small text file as an artifact: `name` is "folder/file" in the run."""
+        folder, _, file = name.rpartition("/")
+        staged = self._slot(file)
+        staged.write_text(text)
+        self._staged(key, staged, folder)
+
+    def _slot(self, name: str) -> Path:
         if self.folder is None:
             raise ValueError("an Outbox without a folder cannot hold artifacts")
-        files = self.folder / "files"
-        files.mkdir(parents=True, exist_ok=True)
-        slot = uuid.uuid4().hex[:12]  # its own folder: the file keeps its name
-        (files / slot).mkdir()
-        shutil.copy2(path, files / slot / Path(path).name)
-        self.ops.append({"op": "artifact", "key": key, "file": f"files/{slot}/{Path(path).name}",
+        slot = self.folder / "files" / uuid.uuid4().hex[:12]  # its own folder: the name stays
+        slot.mkdir(parents=True)
+        return slot / name
+
+    def _staged(self, key: str, staged: Path, artifact_path: str) -> None:
+        self.ops.append({"op": "artifact", "key": key,
+                         "file": str(staged.relative_to(self.folder)),
                          "artifact_path": artifact_path})
 
     def end(self, key: str, status: str, message: str = "") -> None:
