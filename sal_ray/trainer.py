@@ -168,7 +168,7 @@ def build(cfg: Config, layout: Layout | None = None) -> Run:
     layout.check(cfg)
     device = resolve_device(cfg.run.device)
     d = cfg.data
-    splits = datasets.load(d.dataset, d.data_root, d.download).head(d.max_samples)
+    splits = datasets.load_shared(d.dataset, d.data_root, d.download).head(d.max_samples)
     validate(cfg, n_classes=splits.n_classes)
     dtype = getattr(torch, cfg.run.dtype)
     arch = Architecture.from_config(cfg, splits.input_dim, splits.n_classes)
@@ -321,15 +321,16 @@ def check_folder(checkpoint_dir: str) -> None:
 
 def fit(cfg: Config, callbacks: Sequence[Callback] = (), checkpoint_dir: str | None = None,
         run: Run | None = None, checkpoint_every: int = 1, *, layout: Layout | None = None,
-        resume_dir: str | None = None,
+        resume_dir: str | None = None, save_due: Callable[[int], bool] | None = None,
         on_epoch_end: Callable[[dict, str | None], None] | None = None) -> RunResult:
     """Train `cfg` to the end (or divergence); report after every epoch.
 
     With `checkpoint_dir`, an existing checkpoint there (or in `resume_dir`, if
-    given) is resumed from and a new one written every `checkpoint_every` epochs
-    and after the last, before the callbacks hear of that epoch (a callback may
-    ship the folder elsewhere). `layout`: one process (default) or a multi-worker
-    layout, on every worker; callbacks run on its main worker only.
+    given) is resumed from and a new one written after the last epoch and every
+    `checkpoint_every` epochs, or when `save_due(epoch)` says so (a sweep's trial
+    saves by the clock), before the callbacks hear of that epoch (a callback may ship
+    the folder elsewhere). `layout`: one process (default) or a multi-worker layout,
+    on every worker; callbacks run on its main worker only.
     `on_epoch_end(metrics with the parameter counts, folder)` runs on every worker
     after each epoch, `folder` being what this worker checkpointed (None if
     nothing): how the Ray wrapper hands each worker's checkpoint to Ray.
@@ -358,7 +359,8 @@ def fit(cfg: Config, callbacks: Sequence[Callback] = (), checkpoint_dir: str | N
             break
         history.append(metrics)
         folder = None
-        if checkpoint_dir and (epoch % checkpoint_every == 0 or epoch == last):
+        if checkpoint_dir and (epoch == last or (
+                save_due(epoch) if save_due is not None else epoch % checkpoint_every == 0)):
             folder = layout.save(run, checkpoint_dir, epoch, history)
         for cb in callbacks:
             cb.on_epoch(metrics)

@@ -84,7 +84,8 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_same_result(
                        fixed={**{k: v for k, v in BASE.items() if k != "n_areas"},
                               "epochs": epochs},
                        tracking_uri=mlflow_uri, storage_path=tmp_path / "ray", name="kill",
-                       experiment="faults-kill", callbacks=[killer], verbose=0)
+                       experiment="faults-kill", callbacks=[killer], verbose=0,
+                       checkpoint_every_s=0)  # one per epoch: the restart resumes epoch 3
     assert killer.killed is not None
     row = res.trials.iloc[0]
     assert row.trial_id == killer.killed and row.status == "completed"
@@ -139,7 +140,8 @@ def test_a_trial_whose_checkpoint_is_unreadable_restarts_its_seed_and_says_so(
                        fixed={**{k: v for k, v in BASE.items() if k != "n_areas"},
                               "epochs": epochs},
                        tracking_uri=mlflow_uri, storage_path=tmp_path / "ray", name="corrupt",
-                       experiment="faults-corrupt", callbacks=[killer], verbose=0)
+                       experiment="faults-corrupt", callbacks=[killer], verbose=0,
+                       checkpoint_every_s=0)
     assert killer.killed is not None and killer.corrupted
     row = res.trials.iloc[0]
     assert row.status == "completed"  # not a crash after every retry on the same file

@@ -44,8 +44,18 @@ class Down:
             if self.down:
                 raise ConnectionError("store unreachable (test)")
             real_params(run_id, params, uri)
+        real_batch = writes.log_batch
+
+        def log_batch(run_id, uri, params, tags, metrics):  # merged writes (Outbox)
+            self.calls += 1
+            if self.down:
+                if self.partial:
+                    real_batch(run_id, uri, params={}, tags={}, metrics=metrics[:len(metrics) // 2])
+                raise ConnectionError("store unreachable (test)")
+            real_batch(run_id, uri, params=params, tags=tags, metrics=metrics)
         monkeypatch.setattr(writes, "log_metrics", log_metrics)
         monkeypatch.setattr(writes, "log_params", log_params)
+        monkeypatch.setattr(writes, "log_batch", log_batch)
 
 
 class Outage(Callback):
@@ -138,6 +148,46 @@ def test_a_write_the_store_refuses_for_good_is_dropped_and_reported(store, monke
     sink.outbox.tags(sink.key, {"x": "y"})
     assert sink.outbox.deliver(force=True)
     assert sink.outbox.pending == 0 and "bad value" in sink.outbox.dropped[-1]
+
+
+def test_writes_of_one_run_go_in_one_batch_and_a_refused_one_drops_alone(store, monkeypatch):
+    uri, exp, client = store
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    sink = MLflowSink(uri, exp, flush_every_s=3600, hold_end=True)
+    fit(CFG.replace(epochs=2), [sink])
+    box = sink.outbox
+    assert [op["op"] for op in box.ops] == ["metrics", "end"]  # held: nothing sent yet
+    box.metrics(sink.key, writes.metric_list({"trial_x": 1.0}, 0))
+    box.tags(sink.key, {"model_logged": "true"})
+    batches, single = [], []
+    real_batch, real_tags = writes.log_batch, writes.log_tags
+    monkeypatch.setattr(writes, "log_batch", lambda *a, **kw: (batches.append(kw),
+                                                              real_batch(*a, **kw)))
+    monkeypatch.setattr(writes, "log_tags", lambda *a: (single.append(a), real_tags(*a)))
+    before = box.written  # the create and the params, at the start
+    assert box.deliver(force=True) and box.written == before + 4
+    assert len(batches) == 1 and not single  # metrics, end, metrics and tags: one write
+    run = client.get_run(sink.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
+    assert run.data.tags["model_logged"] == "true" and run.data.metrics["trial_x"] == 1.0
+    assert steps(client, sink.run_id, "val_loss") == [1, 2]
+
+    # a merged write the store refuses for good: sent again one by one, only the bad
+    # op is dropped (the run is uncertain: nothing it holds is sent twice)
+    def refuse_bad(run_id, tags, uri):
+        if "bad" in tags:
+            raise MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE)
+        real_tags(run_id, tags, uri)
+    monkeypatch.setattr(writes, "log_batch", lambda *a, **kw: (_ for _ in ()).throw(
+        MlflowException("bad value", error_code=INVALID_PARAMETER_VALUE)))
+    monkeypatch.setattr(writes, "log_tags", refuse_bad)
+    box.tags(sink.key, {"bad": "x"})
+    box.tags(sink.key, {"good": "y"})
+    assert box.deliver(force=True) and box.pending == 0
+    assert len(box.dropped) == 1 and box.dropped[0].startswith("tags for") and \
+        "bad value" in box.dropped[0]
+    assert client.get_run(sink.run_id).data.tags["good"] == "y"
 
 
 def test_a_checkpoints_copy_of_writes_the_live_process_delivered_counts_as_none(store, tmp_path):

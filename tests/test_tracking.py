@@ -76,11 +76,16 @@ def test_a_run_records_params_metrics_tags_and_final(store):
 def test_metrics_are_buffered(store, monkeypatch):
     uri, exp, client = store
     calls = []
-    real = writes.log_metrics
+    real, real_batch = writes.log_metrics, writes.log_batch
     monkeypatch.setattr(writes, "log_metrics", lambda *a: (calls.append(len(a[1])), real(*a)))
+    # the end's status tags join the metrics in one log_batch (Outbox merges them)
+    monkeypatch.setattr(writes, "log_batch", lambda run_id, uri, **kw: (
+        kw["metrics"] and calls.append(len(kw["metrics"])), real_batch(run_id, uri, **kw)))
     sink = MLflowSink(uri, exp, flush_every_s=3600)
     fit(CFG, [sink])
     assert len(calls) == 1  # three epochs and the final metrics in one write
+    run = client.get_run(sink.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
 
 
 def test_params_go_in_batches_and_long_values_are_cut(store):

@@ -7,9 +7,10 @@ scikit-learn, torchvision and `sal_ray.config` (never Ray, Optuna or MLflow).
 """
 
 from .batches import batch_indices, epoch_order, gather_rows
-from .loading import DataError, Splits, check_available, data_root, dataset_folder, load, status
+from .loading import (DataError, Splits, check_available, data_root, dataset_folder, load,
+                      load_shared, status)
 from .registry import DATASETS_INFO, PREPROC_VERSION, DatasetInfo
 
 __all__ = ["DATASETS_INFO", "DataError", "DatasetInfo", "PREPROC_VERSION", "Splits",
            "batch_indices", "check_available", "data_root", "dataset_folder", "epoch_order",
-           "gather_rows", "load", "status"]
+           "gather_rows", "load", "load_shared", "status"]

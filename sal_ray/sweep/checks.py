@@ -108,12 +108,14 @@ def count(option: str, value) -> None:
         raise ConfigError(option, f"must be an integer >= 0; got {value!r}")
 
 
-def seconds(option: str, value, allow_none: bool = True) -> None:
+def seconds(option: str, value, allow_none: bool = True, high: float | None = None) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool) \
             or not math.isfinite(value) or value < 0:
         raise ConfigError(option, f"must be a number >= 0 (seconds); got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(option, f"must be at most {high:g} seconds; got {value!r}")
 
 
 def resources(value) -> dict[str, float]:

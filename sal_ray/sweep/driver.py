@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from ..config import METHODS
 from ..tracking.weights import LOG_MODEL_MAX_BYTES
 from . import checks, record, storage
-from .options import RunOptions
+from .options import CHECKPOINT_EVERY_S, RunOptions
 from .plan import check_data, plan
 
 
@@ -44,7 +44,8 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          flush_every_s: float | None = None, verbose: int = 1,
          table_by: Sequence[str] | None = None, dry_run: bool = False,
          resume: bool = False, max_failures: int = 3, checkpoint_every: int = 1,
-         finish_wait_s: float = 120.0, callbacks: Sequence[Any] = (),
+         checkpoint_every_s: float = CHECKPOINT_EVERY_S, finish_wait_s: float = 120.0,
+         callbacks: Sequence[Any] = (),
          layout: str | dict[str, str] = "data", script: dict[str, Any] | None = None,
          progress_every_s: float | None = 15.0,
          system_metrics_s: float | None = 5.0):
@@ -98,6 +99,10 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     checkpoint_every: epochs between trial checkpoints (model, optimiser, router,
         data position, pending MLflow writes); 0: none (a restarted trial then
         starts its current seed again).
+    checkpoint_every_s: at most one trial checkpoint per this many seconds (default
+        10; 0: every `checkpoint_every` epochs), and always one at a seed's end: a
+        killed trial loses at most this much training, and short epochs do not
+        pay for a checkpoint each.
     finish_wait_s: at the end, how long to wait for a tracking store that is away
         before leaving the pending writes for `resume`.
     callbacks: extra Ray Tune callbacks for the driver.

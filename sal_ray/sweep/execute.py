@@ -106,7 +106,8 @@ def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_
                        log_model=opts.log_model, log_model_max_bytes=opts.log_model_max_bytes,
                        flush_every_s=FLUSH_EVERY_S if opts.flush_every_s is None
                        else opts.flush_every_s,
-                       checkpoint_every=opts.checkpoint_every, store_env=dict(store_env),
+                       checkpoint_every=opts.checkpoint_every,
+                       checkpoint_every_s=opts.checkpoint_every_s, store_env=dict(store_env),
                        system_metrics_s=opts.system_metrics_s or 0.0)
     resources = {k: v for k, v in p.resources.items() if (v or k == "cpu") and k != "workers"}
     max_concurrent = opts.max_concurrent

@@ -12,6 +12,12 @@ from ..tracking.weights import LOG_MODEL_MAX_BYTES
 from . import checks
 
 LOG_MODEL = ("best", "all", "none")
+# A trial checkpoints at most this often by default: a Digits epoch takes ~0.1 s,
+# a checkpoint (torch.save, Tune copying the folder) about as long, so one per
+# epoch doubled a short epoch's cost (docs/performance.md); a killed trial loses
+# at most this much training. Past the ceiling, checkpoint_every=0 says "never".
+CHECKPOINT_EVERY_S = 10.0
+CHECKPOINT_EVERY_S_MAX = 86400.0
 
 
 def print_line(*args, **kwargs) -> None:
@@ -40,6 +46,7 @@ class RunOptions:
     resume: bool = False
     max_failures: int = 3
     checkpoint_every: int = 1
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S
     finish_wait_s: float = 120.0
     callbacks: Sequence[Any] = field(default_factory=tuple)
     layout: str | dict[str, str] = "data"
@@ -60,6 +67,8 @@ class RunOptions:
         checks.positive_int("num_cpus", self.num_cpus, allow_none=True)
         checks.count("max_failures", self.max_failures)
         checks.count("checkpoint_every", self.checkpoint_every)
+        checks.seconds("checkpoint_every_s", self.checkpoint_every_s, allow_none=False,
+                       high=CHECKPOINT_EVERY_S_MAX)
         if not isinstance(self.callbacks, (list, tuple)):
             raise ConfigError("callbacks", f"must be a list of Ray Tune callbacks; got "
                               f"{type(self.callbacks).__name__}")

@@ -24,8 +24,9 @@ from .space import Choice, Float, Int
 FOLDER = ".sweeps"
 # The resumed session's value holds (it is read again at every start).
 SESSION = ("address", "num_cpus", "verbose", "table_by", "finish_wait_s", "callbacks",
-           "log_model", "log_model_max_bytes", "flush_every_s", "checkpoint_every", "dry_run",
-           "resume", "name", "storage_path", "script", "progress_every_s", "system_metrics_s")
+           "log_model", "log_model_max_bytes", "flush_every_s", "checkpoint_every",
+           "checkpoint_every_s", "dry_run", "resume", "name", "storage_path", "script",
+           "progress_every_s", "system_metrics_s")
 WHY_FIXED = {
     "scheduler": "Tune restores its scheduler from the sweep's state",
     "time_budget_s": "Tune restores its time budget from the sweep's state",

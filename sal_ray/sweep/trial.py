@@ -30,6 +30,7 @@ from ..tracking.sink import MLflowSink, default_run_name
 from ..tracking.weights import checkpoint_reference, reference_tags, uploads
 from ..tracking.writes import metric_list
 from ..trainer import Callback, fit
+from .costs import CheckpointClock, Costs, Timed
 from .storage import StorageError, storage_failure
 from .trial_state import (TrialContext, TrialFolder, config_key, run_key, trial_number,
                           trial_summary)
@@ -55,10 +56,13 @@ def running_means(ctx: TrialContext, prior: list[dict], now: dict) -> dict[str, 
 
 class TuneReporter(Callback):
     """Reports each epoch of one seed to Tune, with the running means over seeds,
-    and a checkpoint every `ctx.checkpoint_every` epochs."""
+    and a checkpoint when the trial's `clock` says so (every `checkpoint_every`
+    epochs, at most every `checkpoint_every_s` seconds, and at the seed's end)."""
 
-    def __init__(self, ctx: TrialContext, seed_index: int, folder: TrialFolder, common: dict):
+    def __init__(self, ctx: TrialContext, seed_index: int, folder: TrialFolder, common: dict,
+                 clock: CheckpointClock, costs: Costs):
         self.ctx, self.seed_index, self.folder, self.common = ctx, seed_index, folder, common
+        self.clock, self.costs = clock, costs
         self.counts: dict = {}
         self.epochs = 0
         self.last: dict | None = None
@@ -79,9 +83,14 @@ class TuneReporter(Callback):
         epoch = int(m["epoch"])
         if self.seed_index == self.ctx.seeds - 1 and epoch >= self.epochs:
             return  # the trial reports its last epoch itself, after the model is logged
-        every = self.ctx.checkpoint_every
-        keep = every > 0 and (epoch % every == 0 or epoch >= self.epochs)
-        rt.report(self.last, checkpoint=self.folder.checkpoint() if keep else None)
+        if self.clock.ship(epoch, last=epoch >= self.epochs):
+            with self.costs.timed("checkpoint"):
+                kept = self.folder.checkpoint()
+            with self.costs.timed("report_checkpoint"):  # Tune copies the folder to storage
+                rt.report(self.last, checkpoint=kept)
+        else:
+            with self.costs.timed("report"):  # one round trip to the driver
+                rt.report(self.last)
         if self.folder.outbox.disk_full:  # the store is full, not away: waiting won't help
             raise StorageError(f"the MLflow store {self.ctx.tracking_uri} cannot be "
                                f"written: {self.folder.outbox.disk_full}")
@@ -127,9 +136,11 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     store.redact_logs("ray", "mlflow")
     # one "Checkpoint successfully created" line per epoch per trial is noise
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    folder = TrialFolder(ctx, rt.get_checkpoint())
+    costs = Costs()
+    with costs.timed("setup"):
+        folder = TrialFolder(ctx, rt.get_checkpoint())
     try:
-        run_seeds(config, ctx, folder, rt.get_context().get_trial_id(),
+        run_seeds(config, ctx, folder, rt.get_context().get_trial_id(), costs,
                   trial_number(rt.get_context().get_trial_name()))
     except Exception as e:
         # a full or failing disk: say so and end, where Tune would retry the trial
@@ -159,7 +170,9 @@ def seed_sink(ctx: TrialContext, folder: TrialFolder, trial_id: str, study: str,
                       run_name=default_run_name(cfg_flat, ctx.searched[study], number),
                       tags=tags, flush_every_s=ctx.flush_every_s, key=key, outbox=folder.outbox,
                       fail_fast=True, store_env=ctx.store_env,
-                      system_metrics_s=ctx.system_metrics_s)
+                      system_metrics_s=ctx.system_metrics_s,
+                      # the last seed's end goes with the trial's summary, in one write
+                      hold_end=index == ctx.seeds - 1 and ctx.workers == 1)
 
 
 def fit_seed(ctx: TrialContext, folder: TrialFolder, trial_id: str, cfg_flat: dict,
@@ -167,13 +180,14 @@ def fit_seed(ctx: TrialContext, folder: TrialFolder, trial_id: str, cfg_flat: di
     """One seed, in this process (from its checkpoint, if any) or on workers."""
     if ctx.workers > 1:
         return fit_on_workers(ctx, cfg_flat, sink, folder, trial_id, means)
-    return fit(Config.from_flat(cfg_flat), [sink, reporter],
-               checkpoint_dir=str(folder.trainer_dir) if ctx.checkpoint_every > 0 else None,
-               checkpoint_every=max(ctx.checkpoint_every, 1))
+    with reporter.costs.timed("fit"):
+        return fit(Config.from_flat(cfg_flat), [Timed(sink, reporter.costs, "mlflow"), reporter],
+                   checkpoint_dir=str(folder.trainer_dir) if ctx.checkpoint_every > 0 else None,
+                   save_due=reporter.clock.due)
 
 
 def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: str,
-              number: str | None = None) -> None:
+              costs: Costs, number: str | None = None) -> None:
     dataset, method = config["dataset"], config["method"]
     study = f"{dataset}/{method}"
     searched = {k: v for k, v in config.items() if k not in ("dataset", "method")}
@@ -186,6 +200,7 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
         return ",".join(folder.outbox.run_ids.get(k, "") for k in keys[:n])
 
     reporter = None
+    clock = CheckpointClock(ctx.checkpoint_every, ctx.checkpoint_every_s)
     for i in range(folder.seed_index, ctx.seeds):
         seed = ctx.base_seed + i
         cfg_flat = {**flat, "seed": seed}
@@ -195,7 +210,7 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
             sink = seed_sink(ctx, folder, trial_id, study, cfg_flat, cfg_key, i, keys[i],
                              fallback, number)
             said = {**seed_common, **({"checkpoint_fallback": fallback} if fallback else {})}
-            reporter = TuneReporter(ctx, i, folder, said)
+            reporter = TuneReporter(ctx, i, folder, said, clock, costs)
             try:
                 result = fit_seed(ctx, folder, trial_id, cfg_flat, sink, reporter,
                                   SeedMeans(ctx, list(folder.prior), said, i))
@@ -240,13 +255,17 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
         elif ctx.log_model != "none":
             weights = result.net.state_dict() if result.net is not None else \
                 checkpoint_weights(path)
-        folder.seed_done({**result.counts, **result.final, "seed": seed}, weights)
+        with costs.timed("seed_done"):  # the weights saved for the end
+            folder.seed_done({**result.counts, **result.final, "seed": seed}, weights)
     final = trial_summary(folder.prior, ctx.metrics)
-    log_trial_summary(ctx, folder, keys[:len(folder.prior)], final, common)
-    folder.outbox.deliver(force=True)
+    with costs.timed("summary"):
+        log_trial_summary(ctx, folder, keys[:len(folder.prior)], final, common)
+        folder.outbox.deliver(force=True)
     last = reporter.last if reporter is not None and reporter.last else {}
+    with costs.timed("checkpoint"):
+        kept = folder.checkpoint()
     rt.report({**last, **common, **final, "trial_status": "completed",
-               "mlflow_run_ids": run_ids(ctx.seeds)}, checkpoint=folder.checkpoint())
+               "mlflow_run_ids": run_ids(ctx.seeds), **costs.report()}, checkpoint=kept)
 
 
 def mark_trial(folder: TrialFolder, keys: list[str], status: str, deliver: bool = True) -> None:

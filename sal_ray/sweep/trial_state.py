@@ -41,6 +41,7 @@ class TrialContext:
     flush_every_s: float
     checkpoint_every: int = 1
     log_model_max_bytes: int | None = LOG_MODEL_MAX_BYTES  # tracking/weights.py
+    checkpoint_every_s: float = 0.0  # at most one checkpoint per this many seconds
     workers: int = 1             # > 1: each seed trains on Ray Train workers
     layouts: dict = field(default_factory=dict)  # method -> parallel layout ("data")
     worker_cpu: float = 1.0

@@ -63,7 +63,7 @@ class MLflowSink(Callback):
                  extra_params: dict[str, Any] | None = None,
                  flush_every_s: float = FLUSH_EVERY_S, key: str | None = None,
                  outbox=None, fail_fast: bool = False, store_env: dict | None = None,
-                 system_metrics_s: float | None = None):
+                 system_metrics_s: float | None = None, hold_end: bool = False):
         self.uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.run_name, self.tags = run_name, dict(tags or {})
         self.extra_params = dict(extra_params or {})
@@ -74,6 +74,9 @@ class MLflowSink(Callback):
         # the store's secret (store.split_secret), for a process that may not have it:
         # a Ray Train worker this sink is shipped to
         self.store_env = dict(store_env or {})
+        # complete() leaves its writes to the owner's next delivery, where they join
+        # what follows in one write (a sweep's trial: its summary); close() sends them
+        self.hold_end = hold_end
         self.status: str | None = None  # set once the run is ended
         self.opened = False
         self.history: list[dict[str, float]] = []
@@ -151,7 +154,8 @@ class MLflowSink(Callback):
         self.record_ending()
         self.outbox.end(self.key, "completed")
         self.status = "completed"
-        self.flush(force=True)
+        if not self.hold_end:
+            self.flush(force=True)
 
     def record_ending(self) -> None:
         """The run's cost and its area usage matrix, before its end: sampling stops."""
@@ -179,15 +183,16 @@ class MLflowSink(Callback):
     def close(self, status: str, message: str = "") -> None:
         """End the run as `status` unless already ended; never raises (it runs on
         the way out of a failing trial, where the original error matters more)."""
-        if self.status is not None or not self.opened:
+        if not self.opened:
             return
-        self.status = status
-        try:
-            self.record_ending()
-        except Exception:  # noqa: BLE001 - the ending itself matters more
-            pass
-        self.outbox.end(self.key, status, message)
-        try:
+        if self.status is None:
+            self.status = status
+            try:
+                self.record_ending()
+            except Exception:  # noqa: BLE001 - the ending itself matters more
+                pass
+            self.outbox.end(self.key, status, message)
+        try:  # what waits, a held end included
             self.flush(force=True)
         except Exception:  # noqa: BLE001
             pass

@@ -65,13 +65,31 @@ def final_metrics(last_epoch: dict[str, float], history: list[dict[str, float]])
     return out
 
 
-def set_status(run_id: str, status: str, uri: str, message: str = "") -> None:
-    """Tag `status` (completed | diverged | stopped | failed | crashed) and end the run."""
+def log_batch(run_id: str, uri: str, params: dict[str, Any], tags: dict[str, Any],
+              metrics: list) -> None:
+    """Params, tags and metrics (Metric objects) in one write, within MLflow's
+    limits per batch (the caller keeps to them)."""
+    with_retry(client(uri).log_batch, run_id,
+               params=[Param(str(k), str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()],
+               tags=[RunTag(str(k), str(v)[:MAX_TAG_CHARS]) for k, v in tags.items()],
+               metrics=metrics, synchronous=True)
+
+
+def status_tags(status: str, message: str = "") -> dict[str, str]:
     tags = {"status": status}
     if message:
         tags["status_message"] = message
-    log_tags(run_id, tags, uri)
+    return tags
+
+
+def terminate(run_id: str, status: str, uri: str) -> None:
     with_retry(client(uri).set_terminated, run_id, RUN_STATUS.get(status, "FAILED"))
+
+
+def set_status(run_id: str, status: str, uri: str, message: str = "") -> None:
+    """Tag `status` (completed | diverged | stopped | failed | crashed) and end the run."""
+    log_tags(run_id, status_tags(status, message), uri)
+    terminate(run_id, status, uri)
 
 
 def start_run(uri: str, experiment_id: str, name: str, tags: dict[str, Any],
