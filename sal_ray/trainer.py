@@ -262,11 +262,9 @@ def save_checkpoint(run: Run, folder: str, epoch: int, history: list) -> str:
 
 
 def load_checkpoint(run: Run, folder: str) -> tuple[int, list]:
-    """Restore a run from `folder`; returns (epochs done, history). (0, []) if none.
-    Another configuration's checkpoint is refused (ConfigError), an unreadable
-    one raises `checkpoint.CheckpointError` naming the file."""
-    state = checkpoint.read(folder, map_location=run.device)
-    if state is None:
+    """Restore a run from `folder`: (epochs done, history), (0, []) if none. Another
+    configuration's is refused (ConfigError); an unreadable one raises CheckpointError."""
+    if (state := checkpoint.read(folder, map_location=run.device)) is None:
         return 0, []
     checkpoint.check_config(state["config"], run.cfg, folder)
     run.net.load_state_dict(state["net"])
