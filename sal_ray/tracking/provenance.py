@@ -58,6 +58,9 @@ def environment() -> dict[str, str]:
     out["hw.platform"] = platform.platform()
     out["hw.cpu"] = _cpu_model()
     out["hw.cpu_count"] = str(os.cpu_count())
+    # a trial run at a high niceness (Ray's default for its workers is 15) is slow for
+    # a reason that is not the code's: its speed figures say so with this
+    out["process.nice"] = str(os.nice(0))
     try:
         import torch  # a CPU-only process (the report, the UI) may never load it
         if torch.cuda.is_available():

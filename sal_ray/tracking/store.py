@@ -195,10 +195,12 @@ def check_sqlite_folder(uri: str) -> None:
     folder = Path(uri[len("sqlite:///"):]).parent
     if not folder.is_dir():
         raise StoreError(f"cannot reach the MLflow store {redact(uri)}: "
-                         f"folder {folder} does not exist")
+                         f"folder {folder} does not exist; create it, or pass another "
+                         "tracking URI (--tracking-uri)")
     if not os.access(folder, os.W_OK):
         raise StoreError(f"cannot write the MLflow store {redact(uri)}: "
-                         f"folder {folder} is not writable")
+                         f"folder {folder} is not writable; pass a tracking URI in a folder "
+                         "you can write (--tracking-uri)")
 
 
 def check_readable(uri: str, timeout_s: float = 5.0) -> None:
@@ -236,7 +238,8 @@ def check_readable(uri: str, timeout_s: float = 5.0) -> None:
             socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
         except OSError as e:
             raise StoreError(f"cannot reach the MLflow server {redact(uri)}: "
-                             f"{e.strerror or e}") from None
+                             f"{e.strerror or e}; start it (`mlflow server --host "
+                             f"{parts.hostname} --port {port}`) or check the address") from None
 
 
 # ---- talking to it -------------------------------------------------------------------
@@ -351,4 +354,5 @@ def check_store(uri: str, experiment: str) -> str:
         client.cache_clear()
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StoreError(f"cannot reach the MLflow store {redact(uri)}: "
-                         f"{redact(reason)[:300]}") from None
+                         f"{redact(reason)[:300]}; check that its server runs at this "
+                         "address, or that the database file is an MLflow store") from None
