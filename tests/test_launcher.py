@@ -289,7 +289,14 @@ def test_the_results_brought_back_are_complete(cluster_run):
         assert run.info.status == "FINISHED", run.info.run_name
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # the head's server
-        per_epoch = [k for k in run.data.metrics if not k.startswith(("final_", "trial_"))
+        # MLflow's system metrics are sampled in time (step = sample), not per epoch
+        sampled = [k for k in run.data.metrics if k.startswith("system/")]
+        assert "system/cpu_utilization_percentage" in sampled, sorted(run.data.metrics)
+        # the run's cost, logged once at its last epoch
+        for key in ("cost_wall_s", "cost_cpu_s", "peak_rss_mb"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [epochs]
+        per_epoch = [k for k in run.data.metrics
+                     if not k.startswith(("final_", "trial_", "system/", "cost_", "peak_"))
                      and k not in ("mean_samples_per_s", "epochs_done")]
         assert {"val_loss", "val_acc", "train_loss"} <= set(per_epoch), per_epoch
         for key in per_epoch:

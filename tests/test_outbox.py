@@ -157,7 +157,8 @@ def test_writes_of_one_run_go_in_one_batch_and_a_refused_one_drops_alone(store, 
     sink = MLflowSink(uri, exp, flush_every_s=3600, hold_end=True)
     fit(CFG.replace(epochs=2), [sink])
     box = sink.outbox
-    assert [op["op"] for op in box.ops] == ["metrics", "end"]  # held: nothing sent yet
+    # held: nothing sent yet (a routed net's area usage matrix is a file of its own)
+    assert [op["op"] for op in box.ops] == ["metrics", "artifact", "end"]
     box.metrics(sink.key, writes.metric_list({"trial_x": 1.0}, 0))
     box.tags(sink.key, {"model_logged": "true"})
     batches, single = [], []
@@ -166,12 +167,15 @@ def test_writes_of_one_run_go_in_one_batch_and_a_refused_one_drops_alone(store, 
                                                               real_batch(*a, **kw)))
     monkeypatch.setattr(writes, "log_tags", lambda *a: (single.append(a), real_tags(*a)))
     before = box.written  # the create and the params, at the start
-    assert box.deliver(force=True) and box.written == before + 4
-    assert len(batches) == 1 and not single  # metrics, end, metrics and tags: one write
+    assert box.deliver(force=True) and box.written == before + 5
+    # the metrics alone before the file, then end, metrics and tags in one batch
+    assert len(batches) == 1 and not single
+    assert batches[0]["tags"] == {"status": "completed", "model_logged": "true"}
     run = client.get_run(sink.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
     assert run.data.tags["model_logged"] == "true" and run.data.metrics["trial_x"] == 1.0
     assert steps(client, sink.run_id, "val_loss") == [1, 2]
+    assert [a.path for a in client.list_artifacts(sink.run_id)] == ["area_usage.json"]
 
     # a merged write the store refuses for good: sent again one by one, only the bad
     # op is dropped (the run is uncertain: nothing it holds is sent twice)

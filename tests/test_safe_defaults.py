@@ -205,7 +205,7 @@ def test_secret_environment_variables_never_reach_mlflow(monkeypatch, tmp_path):
     from sal_ray.tracking import provenance, sink as sinks, store
     for i, name in enumerate(SECRET_ENV):
         monkeypatch.setenv(name, f"{SENTINEL}-{i}")
-    provenance.environment.cache_clear()  # computed now, with the variables set
+    provenance.machine.cache_clear()  # computed now, with the variables set
     provenance.code_version.cache_clear()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = store.check_store(uri, "secrets")
@@ -224,7 +224,7 @@ def test_secret_environment_variables_never_reach_mlflow(monkeypatch, tmp_path):
         leaks = {k: v for k, v in logged.items() if SENTINEL in k or SENTINEL in v}
         assert leaks == {}
         assert not [k for k in logged if any(n.lower() in k.lower() for n in SECRET_ENV)]
-    provenance.environment.cache_clear()
+    provenance.machine.cache_clear()
     provenance.code_version.cache_clear()
 
 

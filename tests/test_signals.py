@@ -47,6 +47,13 @@ def test_with_python_s_own_sigint_handler_it_is_a_keyboard_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def test_the_sigint_handler_a_run_installs_is_taken_away_after_it(sigint_spy):
+    before = signal.getsignal(signal.SIGINT)
+    with signals.as_ctrl_c(lambda line: None):
+        signal.signal(signal.SIGINT, lambda s, f: None)  # as Tune's run does, for good
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_an_ignored_hangup_stays_ignored(sigint_spy):
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import runpy
+import signal
 
 import pytest
 
@@ -96,9 +97,11 @@ def test_command_line_overrides():
 def test_a_script_runs_and_prints_its_tables(ray_session, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # Tune's folder (runs/ray) goes to the cwd
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sigint = signal.getsignal(signal.SIGINT)
     res = script("convergence")(["--quick", "--seeds", "1", "--epochs", "1", "--tracking-uri",
                                  uri, "--name", "conv-test"])
     assert isinstance(res, SweepResults) and len(res.trials) == 6
+    assert signal.getsignal(signal.SIGINT) is sigint  # Tune's handler does not outlive the sweep
     out = capsys.readouterr().out
     assert "best configuration" in out and "final val_acc %" in out
     for label in ("sal n_areas=1", "sal n_areas=16", "bp n_areas=1"):  # the swept option named
@@ -106,7 +109,8 @@ def test_a_script_runs_and_prints_its_tables(ray_session, tmp_path, capsys, monk
     assert "± —" in out and "± 0.00" not in out  # one seed: no std
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in out
     assert "tags.sweep = 'conv-test'" in out
-    assert out.rstrip().endswith("tags.sweep = 'conv-test'")
+    assert "viewStateShareKey=" in out  # the UI link, then the filter for the run list
+    assert out.rstrip().endswith("(or filter runs:  tags.sweep = 'conv-test')")
 
 
 def test_resume_finds_the_newest_sweep_of_the_study_or_says_there_is_none(tmp_path):

@@ -21,6 +21,7 @@ import threading
 from typing import Callable, Iterator
 
 SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+KEPT = tuple(getattr(signal, n) for n in ("SIGINT", "SIGUSR1") if hasattr(signal, n))
 
 
 def forward_to_sigint(signum: int, frame, echo: Callable = print) -> None:
@@ -45,7 +46,10 @@ def as_ctrl_c(echo: Callable = print) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {}
+    # Tune installs its SIGINT (and SIGUSR1) handler for each run and never takes it
+    # away: left there, a Ctrl-C after `tune()` returned would only set a finished
+    # run's flag, so a REPL or notebook could not be interrupted. They come back too.
+    previous = {sig: signal.getsignal(sig) for sig in KEPT}
     for sig in SIGNALS:
         if signal.getsignal(sig) == signal.SIG_IGN:
             continue

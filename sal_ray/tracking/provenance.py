@@ -49,18 +49,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-@functools.lru_cache(maxsize=1)
 def environment() -> dict[str, str]:
-    """Library versions and hardware, as tags."""
+    """Library versions and hardware, as tags, and this process's niceness (read on
+    each call: a process may be reniced, and the rest is cached once)."""
+    # a trial run at a high niceness (Ray's default for its workers is 15) is slow for
+    # a reason that is not the code's: its speed figures say so with this
+    return {**machine(), "process.nice": str(os.nice(0))}
+
+
+@functools.lru_cache(maxsize=1)
+def machine() -> dict[str, str]:
     out = {f"version.{name}": _version(name) for name in LIBRARIES}
     out["version.sal_ray"] = _version("sal_ray")
     out["version.python"] = platform.python_version()
     out["hw.platform"] = platform.platform()
     out["hw.cpu"] = _cpu_model()
     out["hw.cpu_count"] = str(os.cpu_count())
-    # a trial run at a high niceness (Ray's default for its workers is 15) is slow for
-    # a reason that is not the code's: its speed figures say so with this
-    out["process.nice"] = str(os.nice(0))
     try:
         import torch  # a CPU-only process (the report, the UI) may never load it
         if torch.cuda.is_available():
