@@ -6,7 +6,8 @@ Three small sweeps, each run once and shared by the tests below (a new Tune run
 costs ~10 s of actor start-up here, so they are few and each covers much):
 - search: TPE over lr and n_areas for sal, bp and moe, 2 trials each, 2 seeds.
 - mixed: multi-objective TPE (val_acc against params_total) for sal; a bp that
-  diverges (lr 1e3); a moe the workers reject (device cuda on a CPU machine).
+  diverges (lr 1e3, seeds in turn); a moe the workers reject (device cuda on a
+  CPU machine, seeds fused).
 - asha: a grid whose first trials are good, so ASHA must stop the later ones.
 """
 
@@ -173,7 +174,8 @@ def test_results_tables_and_studies(search):
 def mixed(ray_session, tmp_path_factory, store):
     return sweep(tmp_path_factory, store, "mixed", ["digits"], ["sal", "bp", "moe"],
                  {"lr": loguniform(1e-2, 2e-1), "n_areas": [1, 2, 4]},
-                 method_spaces={"bp": {"lr": 1e3}, "moe": {"lr": 0.05, "n_areas": 2,
+                 method_spaces={"bp": {"lr": 1e3, "fuse": False},
+                                "moe": {"lr": 0.05, "n_areas": 2,
                                                            "device": "cuda"}},
                  fixed={**BASE, "epochs": 1}, trials=3, seeds=2,
                  metric=["val_acc", "params_total"], mode=["max", "min"])
@@ -191,9 +193,11 @@ def test_diverged_and_rejected_trials_are_recorded_and_the_sweep_goes_on(mixed):
     for r in kids:
         by_status.setdefault(r.data.tags["status"], []).append(r)
     assert len(by_status["completed"]) == 3 * 2
-    (div,) = by_status["diverged"]  # the second seed is not run once the first diverged
+    # bp runs its seeds in turn (fuse off): the second is not run once the first diverged
+    (div,) = by_status["diverged"]
     assert div.info.status == "FAILED" and "non-finite" in div.data.tags["status_message"]
     assert div.data.params["lr"] == "1000.0" and "final_val_acc" not in div.data.metrics
+    assert div.data.params["fuse"] == "False" and "pack_size" not in div.data.tags
     (bad,) = by_status["failed"]
     assert bad.info.status == "FAILED" and "device" in bad.data.tags["status_message"]
     assert bad.data.params["device"] == "cuda"  # the options are there to see what failed

@@ -138,7 +138,9 @@ def _stop(pack: Pack, m: int, why: str) -> None:
 def fit_pack(configs: Sequence[Config], callbacks: Sequence[Sequence[Callback]] = (),
              checkpoint_dir: str | None = None, checkpoint_every: int = 1, *,
              layout: Layout | None = None,
-             on_epoch_end: Callable[[int, dict, str | None], None] | None = None
+             on_epoch_end: Callable[[int, dict, str | None], None] | None = None,
+             save_due: Callable[[int], bool] | None = None,
+             after_epoch: Callable[[int, str | None], None] | None = None
              ) -> list[RunResult]:
     """Train every member of `configs` (one shape: `check_pack`) to the end or its
     divergence; one RunResult per member, as its separate `trainer.fit` reports.
@@ -146,8 +148,11 @@ def fit_pack(configs: Sequence[Config], callbacks: Sequence[Sequence[Callback]] 
     fuse=false (recorded with each run): the members run one after another with
     `trainer.fit` instead. `callbacks[m]`: member m's callbacks. With
     `checkpoint_dir` the whole pack is checkpointed there (`state.PACK_CHECKPOINT`)
-    every `checkpoint_every` epochs and after the last, and resumed from.
-    `on_epoch_end(m, metrics, folder)` runs after each epoch of each live member.
+    every `checkpoint_every` epochs (or when `save_due(epoch)` says so: a sweep's
+    trial saves by the clock) and after the last, and resumed from.
+    `on_epoch_end(m, metrics, folder)` runs after each epoch of each live member,
+    `after_epoch(epoch, folder)` once per epoch after every member's callbacks (a
+    sweep's trial reports the pack to Tune there).
     """
     configs = list(configs)
     cbs = [list(c) for c in callbacks] or [[] for _ in configs]
@@ -213,13 +218,16 @@ def fit_pack(configs: Sequence[Config], callbacks: Sequence[Sequence[Callback]] 
                 if mem.status == "running":
                     mem.status = "completed"
         folder = None
-        if checkpoint_dir and (epoch % checkpoint_every == 0 or epoch == last):
+        if checkpoint_dir and (epoch == last or (
+                save_due(epoch) if save_due is not None else epoch % checkpoint_every == 0)):
             folder = save_pack(pack, checkpoint_dir, epoch)
         for m, metrics in reports:
             for cb in cbs[m]:
                 cb.on_epoch(metrics)
             if on_epoch_end is not None:
                 on_epoch_end(m, {**metrics, **results[m].counts}, folder)
+        if after_epoch is not None:
+            after_epoch(epoch, folder)
     for m, (member, result) in enumerate(zip(pack.members, results)):
         if member.status != "diverged":
             unstack_into(pack.net, m, member.run.net)

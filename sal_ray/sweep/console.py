@@ -115,7 +115,7 @@ class LiveConsole(rt.Callback):
     SweepProgress's. (Tune's own table stays off below verbose 2: it would say the
     same, every few seconds, in columns of every result key.)
 
-    Progress counts seed-epochs (Tune's training_iteration): a trial that ended
+    Progress counts seed-epochs (`seed_epochs` in each report): a trial that ended
     counts whole, however early ASHA stopped it; the ETA is the rate seen in this
     session over what is left, so a resumed sweep's earlier trials do not flatter it."""
 
@@ -138,7 +138,8 @@ class LiveConsole(rt.Callback):
         key = f"{trial.config.get('dataset')}/{trial.config.get('method')}"
         total = self.plan.seeds * (trial.config.get("epochs") or self.epochs.get(key)
                                    or self.plan.max_epochs)
-        return min(1.0, (r.get("training_iteration") or 0) / max(1, total))
+        done = r.get("seed_epochs", r.get("training_iteration")) or 0
+        return min(1.0, done / max(1, total))
 
     def on_step_end(self, iteration, trials, **info):
         if not self.every_s:
@@ -175,6 +176,7 @@ class LiveConsole(rt.Callback):
             epochs = t.config.get("epochs") or self.epochs.get(key) or plan.max_epochs
             value = r.get(m0)
             shown = f"{m0} {value:.4f}" if isinstance(value, (int, float)) else ""
-            seed = f"seed {int(r.get('seed_index', 0)) + 1}/{plan.seeds} " if plan.seeds > 1 else ""
+            seed = "" if plan.seeds == 1 else f"{plan.seeds} seeds fused " if r.get("pack_size") \
+                else f"seed {int(r.get('seed_index', 0)) + 1}/{plan.seeds} "
             self.echo(f"    {key:<14} {t.trial_id}  {seed}epoch {int(r['epoch'])}/{epochs}  "
                       f"{shown}")

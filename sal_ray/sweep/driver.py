@@ -68,7 +68,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
         EPOCH_METRICS or COUNT_METRICS; Tune optimises the mean over seeds.
     scheduler: None, 'asha' or a dict of ASHA settings (grace_period,
         reduction_factor, brackets), or a Ray TrialScheduler (it must use the
-        `mean_<metric>` keys and training_iteration, which counts seed-epochs).
+        `mean_<metric>` keys and `seed_epochs`, the seed-epochs a trial has trained).
     seeds: seeds per configuration (seed, seed+1, ...; `fixed` seed is the first).
     resources: per trial, e.g. {"cpu": 1, "gpu": 0.25}; a GPU share sets device=cuda.
         {"workers": 4, "gpu": 1, "cpu": 4}: every seed of a trial trains on 4 Ray

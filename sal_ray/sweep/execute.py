@@ -129,12 +129,13 @@ def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_
 
 
 def asha(p: Plan, settings: dict) -> ASHAScheduler:
-    """ASHA over seed-epochs (training_iteration counts every epoch of every seed)."""
+    """ASHA over seed-epochs (`seed_epochs`: every epoch of every seed trained, whether
+    a trial runs its seeds in turn or as one pack)."""
     max_t = p.seeds * p.max_epochs
     settings = {k: v for k, v in settings.items() if k != "name"}
     settings.setdefault("grace_period", max(1, max_t // 4))
     settings.setdefault("reduction_factor", 3)
-    return ASHAScheduler(time_attr="training_iteration", metric=f"mean_{p.metrics[0]}",
+    return ASHAScheduler(time_attr="seed_epochs", metric=f"mean_{p.metrics[0]}",
                          mode=p.modes[0], max_t=max_t, stop_last_trials=False, **settings)
 
 

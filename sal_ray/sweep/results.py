@@ -59,7 +59,7 @@ def trials_table(plan: Plan, records: list[dict]) -> pd.DataFrame:
         for k in COUNT_METRICS:
             if k in last:
                 row[k] = last[k]
-        row["iterations"] = last.get("training_iteration", 0)
+        row["seed_epochs"] = last.get("seed_epochs", last.get("training_iteration", 0))
         row["mlflow_run_ids"] = last.get("mlflow_run_ids", "")
         row["message"] = last.get("message", rec["error"])
         rows.append(row)

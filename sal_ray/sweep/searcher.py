@@ -205,7 +205,7 @@ class StudySearcher(Searcher):
         if len(self.plan.metrics) > 1 or trial_id not in self.live or trial_id in self.told:
             return
         value = result.get(f"mean_{self.plan.metrics[0]}")
-        step = result.get("training_iteration")
+        step = result.get("seed_epochs", result.get("training_iteration"))
         if isinstance(value, (int, float)) and math.isfinite(value) and step is not None:
             # a trial restarted from a checkpoint repeats the steps after it
             seen = self.steps.setdefault(trial_id, set())

@@ -1,5 +1,7 @@
-"""What runs inside a Tune trial: one configuration, every seed in order, each
-seed its own MLflow run; Tune hears the running mean over seeds after every epoch.
+"""What runs inside a Tune trial: one configuration, every seed its own MLflow
+run. In one process the seeds train as one stacked model (`trial_pack`, with
+`fuse` on); otherwise in order, Tune hearing the running mean over seeds after
+every epoch.
 
     run_trial(config, ctx)     the Tune function trainable (tune.with_parameters)
 """
@@ -32,6 +34,7 @@ from ..tracking.writes import metric_list
 from ..trainer import Callback, fit
 from .costs import CheckpointClock, Costs, Timed
 from .storage import StorageError, storage_failure
+from .trial_pack import fit_seeds_fused, fuses
 from .trial_state import (TrialContext, TrialFolder, config_key, run_key, trial_number,
                           trial_summary)
 
@@ -76,6 +79,7 @@ class TuneReporter(Callback):
     def payload(self, m: dict) -> dict:
         now = {**self.counts, **m}
         return {**tune_metrics(m), **self.counts, **self.common, "seed_index": self.seed_index,
+                "seed_epochs": self.seed_index * self.epochs + int(m["epoch"]),
                 "trial_status": "running", **running_means(self.ctx, self.folder.prior, now)}
 
     def on_epoch(self, m: dict) -> None:
@@ -104,9 +108,11 @@ class SeedMeans:
     prior: list
     common: dict
     seed_index: int
+    epochs: int
 
     def __call__(self, m: dict) -> dict:
         return {**tune_metrics(m), **self.common, "seed_index": self.seed_index,
+                "seed_epochs": self.seed_index * self.epochs + int(m["epoch"]),
                 "trial_status": "running", **running_means(self.ctx, self.prior, m)}
 
 
@@ -199,8 +205,35 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
     def run_ids(n: int) -> str:
         return ",".join(folder.outbox.run_ids.get(k, "") for k in keys[:n])
 
+    def refused(why: str, n: int) -> None:  # the trainer refused it: Optuna hears FAIL
+        mark_trial(folder, keys[:n], "failed")
+        rt.report({**common, "trial_status": "failed", "message": why[:500],
+                   "mlflow_run_ids": run_ids(n)}, checkpoint=folder.checkpoint())
+
+    def ended_early(result, n: int, last: dict | None, what: str = "") -> None:
+        # the seeds that completed before are runs of a trial that did not
+        mark_trial(folder, keys[:n], result.status)
+        rt.report({**(last or {}), **common, "trial_status": result.status,
+                   "message": what + result.message,
+                   **{f"mean_{m}": penalty(mo) for m, mo in zip(ctx.metrics, ctx.modes)},
+                   "mlflow_run_ids": run_ids(n)}, checkpoint=folder.checkpoint())
+
     reporter = None
     clock = CheckpointClock(ctx.checkpoint_every, ctx.checkpoint_every_s)
+    if fuses(ctx, flat, folder):
+        def make_sink(i: int, cfg_flat: dict, fallback: str) -> MLflowSink:
+            return seed_sink(ctx, folder, trial_id, study, cfg_flat, cfg_key, i, keys[i],
+                             fallback, number)
+        results, reporter, why = fit_seeds_fused(ctx, folder, flat, {**common, "config": cfg_key},
+                                                 clock, costs, make_sink, keys)
+        if why is not None:
+            return refused(why, sum(folder.outbox.knows(k) for k in keys))
+        for i, result in enumerate(results):
+            if result.status != "completed":  # the others trained on: their runs are whole
+                return ended_early(result, ctx.seeds, reporter.last, f"seed {ctx.base_seed + i}: ")
+        for i, result in enumerate(results):
+            keep_seed(ctx, folder, result, ctx.base_seed + i, costs)
+    epochs = Config.from_flat(flat).optim.epochs
     for i in range(folder.seed_index, ctx.seeds):
         seed = ctx.base_seed + i
         cfg_flat = {**flat, "seed": seed}
@@ -213,7 +246,7 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
             reporter = TuneReporter(ctx, i, folder, said, clock, costs)
             try:
                 result = fit_seed(ctx, folder, trial_id, cfg_flat, sink, reporter,
-                                  SeedMeans(ctx, list(folder.prior), said, i))
+                                  SeedMeans(ctx, list(folder.prior), said, i, epochs))
                 break
             except CheckpointError as e:
                 if not folder.trainer_dir.exists():
@@ -229,10 +262,7 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
                 if not sink.opened:
                     sink.open({**cfg_flat})
                 sink.close("failed", str(e))
-                mark_trial(folder, keys[:i + 1], "failed")
-                rt.report({**common, "trial_status": "failed", "message": str(e)[:500],
-                           "mlflow_run_ids": run_ids(i + 1)}, checkpoint=folder.checkpoint())
-                return
+                return refused(str(e), i + 1)
             except BaseException as e:
                 # SystemExit: the scheduler stopped this trial inside tune.report
                 sink.close("stopped" if isinstance(e, SystemExit) else "crashed",
@@ -240,23 +270,8 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
                            else f"{type(e).__name__}: {e}"[:500])
                 raise
         if result.status != "completed":
-            # the seeds that completed before are runs of a trial that did not
-            mark_trial(folder, keys[:i + 1], result.status)
-            rt.report({**(reporter.last or {}), **common, "trial_status": result.status,
-                       "message": result.message,
-                       **{f"mean_{m}": penalty(mo) for m, mo in zip(ctx.metrics, ctx.modes)},
-                       "mlflow_run_ids": run_ids(i + 1)}, checkpoint=folder.checkpoint())
-            return
-        weights = None
-        path = getattr(result, "checkpoint_path", None)
-        if ctx.log_model != "none" and result.net is None and path and \
-                not uploads(path, ctx.log_model_max_bytes):
-            weights = path  # larger than log_model_max_bytes: referenced where Ray keeps it
-        elif ctx.log_model != "none":
-            weights = result.net.state_dict() if result.net is not None else \
-                checkpoint_weights(path)
-        with costs.timed("seed_done"):  # the weights saved for the end
-            folder.seed_done({**result.counts, **result.final, "seed": seed}, weights)
+            return ended_early(result, i + 1, reporter.last)
+        keep_seed(ctx, folder, result, seed, costs)
     final = trial_summary(folder.prior, ctx.metrics)
     with costs.timed("summary"):
         log_trial_summary(ctx, folder, keys[:len(folder.prior)], final, common)
@@ -266,6 +281,20 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
         kept = folder.checkpoint()
     rt.report({**last, **common, **final, "trial_status": "completed",
                "mlflow_run_ids": run_ids(ctx.seeds), **costs.report()}, checkpoint=kept)
+
+
+def keep_seed(ctx: TrialContext, folder: TrialFolder, result, seed: int, costs: Costs) -> None:
+    """A completed seed's final metrics and weights go into the trial folder."""
+    weights = None
+    path = getattr(result, "checkpoint_path", None)
+    if ctx.log_model != "none" and result.net is None and path and \
+            not uploads(path, ctx.log_model_max_bytes):
+        weights = path  # larger than log_model_max_bytes: referenced where Ray keeps it
+    elif ctx.log_model != "none":
+        weights = result.net.state_dict() if result.net is not None else \
+            checkpoint_weights(path)
+    with costs.timed("seed_done"):  # the weights saved for the end
+        folder.seed_done({**result.counts, **result.final, "seed": seed}, weights)
 
 
 def mark_trial(folder: TrialFolder, keys: list[str], status: str, deliver: bool = True) -> None:
