@@ -41,10 +41,15 @@ def test_inside_the_block_the_signal_reaches_the_sigint_handler(sigint_spy, sig)
 
 
 def test_with_python_s_own_sigint_handler_it_is_a_keyboard_interrupt():
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with pytest.raises(KeyboardInterrupt):
-        with signals.as_ctrl_c(lambda line: None):
-            os.kill(os.getpid(), signal.SIGTERM)
+    # Python's own, whatever an earlier test's Ray Train or Tune run left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals.as_ctrl_c(lambda line: None):
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_the_sigint_handler_a_run_installs_is_taken_away_after_it(sigint_spy):

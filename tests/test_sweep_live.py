@@ -53,7 +53,7 @@ def live(ray_session, tmp_path_factory):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         res = sal_ray.tune("digits", ["sal", "bp"], {"lr": [0.05]}, sampler="grid",
-                           fixed={"epochs": 3, "width": 32, "batch_size": 32}, seeds=2,
+                           fixed={"epochs": 6, "width": 32, "batch_size": 32}, seeds=2,
                            experiment="test-live", name="t-live",
                            tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
                            storage_path=str(root / "ray"), progress_every_s=1.0,
@@ -68,7 +68,7 @@ def test_the_console_shows_running_trials_and_an_eta(live):
         r"\[\d+:\d\d\] [01]/2 trials ended, [12] running; \d+% of the sweep's epochs; "
         r"ETA \d+:\d\d$", x)]
     trial_lines = [x for x in lines if re.match(
-        r" {4}digits/(sal|bp) +\S+  seed [12]/2 epoch [1-3]/3  val_acc [01]\.\d{4}$", x)]
+        r" {4}digits/(sal|bp) +\S+  2 seeds fused epoch [1-6]/6  val_acc [01]\.\d{4}$", x)]
     assert progress and trial_lines, out
     # the progress line leads the running trials' lines, and the end summary follows
     assert lines.index(progress[0]) < lines.index(trial_lines[0]) < \
