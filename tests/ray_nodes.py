@@ -94,7 +94,9 @@ class RayNodes:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
-                    proc.wait(timeout=30)
+                    # a worker ends in about 1 s; `ray start --block` on the head does
+                    # not end on SIGTERM within 30 s here, and its group goes with SIGKILL
+                    proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=10)
