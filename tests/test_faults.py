@@ -112,6 +112,42 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_same_result(
     assert last["pid"] != killer.pid
 
 
+def test_a_killed_trial_of_fused_seeds_resumes_its_pack_with_the_same_result(
+        ray_local, tmp_path, mlflow_uri):
+    """The seeds of a trial train as one stacked model (fuse, the default): a SIGKILL
+    mid-run restarts the whole pack from its checkpoint, and each seed's run ends
+    as its uninterrupted separate run (float64)."""
+    epochs, cfg = 6, {**BASE, "dtype": "float64"}
+    killer = KillTrial(epoch=3)
+    res = sal_ray.tune("digits", "sal", space={"n_areas": [4]}, sampler="grid",
+                       fixed={**{k: v for k, v in cfg.items() if k != "n_areas"},
+                              "epochs": epochs}, seeds=2,
+                       tracking_uri=mlflow_uri, storage_path=tmp_path / "ray", name="kill-pack",
+                       experiment="faults-kill-pack", callbacks=[killer], verbose=0,
+                       checkpoint_every_s=0)
+    assert killer.killed is not None
+    row = res.trials.iloc[0]
+    assert row.trial_id == killer.killed and row.status == "completed"
+    references = [fit(Config().replace(**cfg, epochs=epochs, seed=s)) for s in (0, 1)]
+    for key in FINAL:
+        assert row[f"final_{key}_mean"] == pytest.approx(
+            sum(r.final[key] for r in references) / 2, rel=0, abs=1e-9), key
+
+    client = mlflow.MlflowClient(mlflow_uri)
+    runs = sorted(child_runs(client, "faults-kill-pack", "kill-pack"),
+                  key=lambda r: int(r.data.params["seed"]))
+    assert [r.data.params["seed"] for r in runs] == ["0", "1"]  # re-attached, not doubled
+    for run, reference in zip(runs, references):
+        assert run.info.status == "FINISHED" and run.data.tags["pack_size"] == "2"
+        assert_complete_history(client, run, epochs)
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
+            pytest.approx([h["val_loss"] for h in reference.history], rel=0, abs=1e-9)
+    last = rt.ExperimentAnalysis(str(tmp_path / "ray" / "kill-pack")).trials[0].last_result
+    assert 0 < last["iterations_since_restore"] < epochs  # from the pack's checkpoint
+    assert last["pid"] != killer.pid
+
+
 class CorruptAndKill(KillTrial):
     """As KillTrial, after writing garbage over the trial's checkpoints of the
     trainer in Tune's storage: the restarted trial cannot read the one it gets."""
