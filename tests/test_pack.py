@@ -27,6 +27,40 @@ def test_members_follow_their_separate_runs_exactly(method, n_areas, kernel):
     assert_same(fit_pack(cfgs), [fit(c) for c in cfgs])
 
 
+@pytest.mark.parametrize("method", ["sal", "moe"])
+def test_past_the_one_hot_size_auto_packs_padded_groups_exactly(method):
+    from sal_ray.pack.routing import PACK_ONEHOT_MAX_MACS, PackRouting
+    base = Config().replace(method=method, n_areas=16, lr=0.05, **{**TINY, "width": 256,
+                                                                   "epochs": 2})
+    cfgs = [base.replace(seed=0), base.replace(seed=1, lr=0.02), base.replace(seed=2)]
+    assert 3 * 16 * 32 * 64 * 256 > PACK_ONEHOT_MAX_MACS  # first layer: padded
+    x = torch.randn(3, 32, 64, dtype=torch.float64)
+    assert PackRouting(x, torch.randint(0, 16, (3, 32)), 16, 256).kind == "padded"
+    assert_same(fit_pack(cfgs), [fit(c) for c in cfgs])
+
+
+def test_the_padded_layout_is_the_sorted_one_to_rounding():
+    from sal_ray.pack.routing import PackRouting
+    torch.manual_seed(0)
+    M, N, B, I, O = 3, 8, 20, 5, 7
+    x = torch.randn(M, B, I, dtype=torch.float64, requires_grad=True)
+    areas = torch.randint(0, N, (M, B))
+    areas[1] = 2  # one member in one area: a group of B rows, the rest empty
+    w = torch.randn(M, N, I, O, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(M, N, O, dtype=torch.float64, requires_grad=True)
+    d = torch.randn(M, B, O, dtype=torch.float64)
+    out = {}
+    for kind in ("sorted", "padded"):
+        r = PackRouting(x, areas, N, O, kind)
+        u = r.linear(w, b)
+        grads = torch.autograd.grad((u * d).sum(), (x, w, b))  # MoE's autograd path
+        closed = PackRouting(x.detach(), areas, N, O, kind).weight_grad(d)  # SAL's rule
+        out[kind] = (u, *closed, *grads)
+    for s, p in zip(out["sorted"], out["padded"]):
+        assert (s - p).abs().max().item() <= 1e-12
+    assert out["padded"][1][0, torch.tensor([a not in areas[0] for a in range(N)])].abs().max() == 0
+
+
 def test_a_diverging_member_stops_alone():
     base = Config().replace(n_areas=4, **TINY)
     cfgs = [base.replace(lr=10.0), base.replace(seed=1, lr=0.05)]
