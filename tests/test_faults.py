@@ -76,19 +76,32 @@ class KillTrial(rt.Callback):
             os.kill(result["pid"], signal.SIGKILL)
 
 
-def test_a_killed_trial_resumes_from_its_checkpoint_with_the_same_result(
-        ray_local, tmp_path, mlflow_uri):
-    epochs = 6
+def killed_sweep(tmp_path, mlflow_uri, name: str, cfg: dict, epochs: int, seeds: int = 1):
+    """A one-trial sweep of `cfg` (experiment `faults-<name>`) whose trial process is
+    SIGKILLed after reporting epoch 3, with a checkpoint every epoch: the trial's
+    row, once checked to have completed from a checkpoint in another process."""
     killer = KillTrial(epoch=3)
     res = sal_ray.tune("digits", "sal", space={"n_areas": [4]}, sampler="grid",
-                       fixed={**{k: v for k, v in BASE.items() if k != "n_areas"},
-                              "epochs": epochs},
-                       tracking_uri=mlflow_uri, storage_path=tmp_path / "ray", name="kill",
-                       experiment="faults-kill", callbacks=[killer], verbose=0,
+                       fixed={**{k: v for k, v in cfg.items() if k != "n_areas"},
+                              "epochs": epochs}, seeds=seeds,
+                       tracking_uri=mlflow_uri, storage_path=tmp_path / "ray", name=name,
+                       experiment=f"faults-{name}", callbacks=[killer], verbose=0,
                        checkpoint_every_s=0)  # one per epoch: the restart resumes epoch 3
     assert killer.killed is not None
     row = res.trials.iloc[0]
     assert row.trial_id == killer.killed and row.status == "completed"
+    # restarted from a checkpoint, not from scratch: fewer reports since the restore
+    # than epochs (Tune counts them), and the process that ended it is another one
+    last = rt.ExperimentAnalysis(str(tmp_path / "ray" / name)).trials[0].last_result
+    assert 0 < last["iterations_since_restore"] < epochs
+    assert last["pid"] != killer.pid
+    return row
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint_with_the_same_result(
+        ray_local, tmp_path, mlflow_uri):
+    epochs = 6
+    row = killed_sweep(tmp_path, mlflow_uri, "kill", BASE, epochs)
 
     # the uninterrupted run: the same configuration and seed, in this process
     reference = fit(Config().replace(**BASE, epochs=epochs, seed=0))
@@ -105,12 +118,6 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_same_result(
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
         pytest.approx([h["val_loss"] for h in reference.history], rel=0, abs=1e-12)
 
-    # restarted from a checkpoint, not from scratch: fewer reports since the restore
-    # than epochs (Tune counts them), and the process that ended it is another one
-    last = rt.ExperimentAnalysis(str(tmp_path / "ray" / "kill")).trials[0].last_result
-    assert 0 < last["iterations_since_restore"] < epochs
-    assert last["pid"] != killer.pid
-
 
 def test_a_killed_trial_of_fused_seeds_resumes_its_pack_with_the_same_result(
         ray_local, tmp_path, mlflow_uri):
@@ -118,16 +125,7 @@ def test_a_killed_trial_of_fused_seeds_resumes_its_pack_with_the_same_result(
     mid-run restarts the whole pack from its checkpoint, and each seed's run ends
     as its uninterrupted separate run (float64)."""
     epochs, cfg = 6, {**BASE, "dtype": "float64"}
-    killer = KillTrial(epoch=3)
-    res = sal_ray.tune("digits", "sal", space={"n_areas": [4]}, sampler="grid",
-                       fixed={**{k: v for k, v in cfg.items() if k != "n_areas"},
-                              "epochs": epochs}, seeds=2,
-                       tracking_uri=mlflow_uri, storage_path=tmp_path / "ray", name="kill-pack",
-                       experiment="faults-kill-pack", callbacks=[killer], verbose=0,
-                       checkpoint_every_s=0)
-    assert killer.killed is not None
-    row = res.trials.iloc[0]
-    assert row.trial_id == killer.killed and row.status == "completed"
+    row = killed_sweep(tmp_path, mlflow_uri, "kill-pack", cfg, epochs, seeds=2)
     references = [fit(Config().replace(**cfg, epochs=epochs, seed=s)) for s in (0, 1)]
     for key in FINAL:
         assert row[f"final_{key}_mean"] == pytest.approx(
@@ -143,9 +141,6 @@ def test_a_killed_trial_of_fused_seeds_resumes_its_pack_with_the_same_result(
         history = client.get_metric_history(run.info.run_id, "val_loss")
         assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
             pytest.approx([h["val_loss"] for h in reference.history], rel=0, abs=1e-9)
-    last = rt.ExperimentAnalysis(str(tmp_path / "ray" / "kill-pack")).trials[0].last_result
-    assert 0 < last["iterations_since_restore"] < epochs  # from the pack's checkpoint
-    assert last["pid"] != killer.pid
 
 
 class CorruptAndKill(KillTrial):

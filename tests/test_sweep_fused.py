@@ -11,6 +11,7 @@ import math
 import pytest
 
 import sal_ray
+from sal_ray import Config
 from sal_ray.sweep import trial_pack
 from sal_ray.sweep.costs import CheckpointClock, Costs
 from sal_ray.sweep.trial_state import TrialContext, TrialFolder
@@ -67,77 +68,78 @@ def test_fused_seeds_are_the_runs_they_would_be_one_by_one(ray_session, tmp_path
                         abs_tol=1e-12)
 
 
-def test_the_pack_reports_each_epoch_once_with_the_mean_over_its_seeds(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    from sal_ray.tracking import store
-    exp = store.check_store(uri, "pack-reports")
-    ctx = TrialContext(sweep="unit", tracking_uri=uri, experiment_id=exp, parent_run_id="",
-                       fixed={}, searched={}, metrics=("val_acc",), modes=("max",), seeds=2,
-                       base_seed=0, log_model="none", flush_every_s=0.0, checkpoint_every=2)
-    folder = TrialFolder(ctx)
-    reports = []
-    monkeypatch.setattr(trial_pack.rt, "report",
-                        lambda m, checkpoint=None: reports.append((m, checkpoint is not None)))
+class PackTrial:
+    """A two-seed trial's context, folder and MLflow sinks on a fresh SQLite store,
+    with `tune.report` replaced by a list of (result, carried a checkpoint)."""
+
+    def __init__(self, tmp_path, monkeypatch, checkpoint_every: int):
+        from sal_ray.tracking import store
+        self.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        self.exp = store.check_store(self.uri, "pack-trial")
+        self.ctx = TrialContext(sweep="unit", tracking_uri=self.uri, experiment_id=self.exp,
+                                parent_run_id="", fixed={}, searched={}, metrics=("val_acc",),
+                                modes=("max",), seeds=2, base_seed=0, log_model="none",
+                                flush_every_s=0.0, checkpoint_every=checkpoint_every)
+        self.folder = TrialFolder(self.ctx)
+        self.reports, self.sinks = [], []
+        monkeypatch.setattr(trial_pack.rt, "report", lambda m, checkpoint=None:
+                            self.reports.append((m, checkpoint is not None)))
+
+    def make_sink(self, i, cfg_flat, fallback):
+        self.sinks.append(MLflowSink(self.uri, self.exp, key=f"unit/s{i}",
+                                     outbox=self.folder.outbox, flush_every_s=0.0))
+        return self.sinks[-1]
+
+    def fit(self, flat: dict):
+        every = self.ctx.checkpoint_every
+        return trial_pack.fit_seeds_fused(self.ctx, self.folder, flat, {"dataset": "digits"},
+                                          CheckpointClock(every, 0.0), Costs(), self.make_sink,
+                                          "unit")
+
+
+@pytest.fixture
+def pack_trial(tmp_path, monkeypatch):
+    trials = []
+
+    def make(checkpoint_every: int) -> PackTrial:
+        trials.append(PackTrial(tmp_path, monkeypatch, checkpoint_every))
+        return trials[-1]
+    yield make
+    for t in trials:
+        t.folder.remove()
+
+
+def test_the_pack_reports_each_epoch_once_with_the_mean_over_its_seeds(pack_trial):
+    t = pack_trial(checkpoint_every=2)
     flat = {**FIXED, "dataset": "digits", "method": "sal", "epochs": 4}
-    assert trial_pack.fuses(ctx, flat, folder)
-    assert not trial_pack.fuses(ctx, {**flat, "fuse": False}, folder)
-    sinks = []
-
-    def make_sink(i, cfg_flat, fallback):
-        sinks.append(MLflowSink(uri, exp, key=f"unit/s{i}", outbox=folder.outbox,
-                                flush_every_s=0.0))
-        return sinks[-1]
-    try:
-        results, reporter, why = trial_pack.fit_seeds_fused(
-            ctx, folder, flat, {"dataset": "digits"}, CheckpointClock(2, 0.0), Costs(),
-            make_sink, ["unit/s0", "unit/s1"])
-        assert why is None and [r.status for r in results] == ["completed", "completed"]
-        # epochs 1-3 reported (the 4th is the trial's own last report), a checkpoint
-        # with epoch 2, the pack's seed-epochs as the time
-        assert [m["epoch"] for m, _ in reports] == [1, 2, 3]
-        assert [shipped for _, shipped in reports] == [False, True, False]
-        assert [m["seed_epochs"] for m, _ in reports] == [2, 4, 6]
-        for m, _ in reports:
-            e = int(m["epoch"]) - 1
-            each = [r.history[e]["val_acc"] for r in results]
-            assert m["mean_val_acc"] == m["val_acc"] == sum(each) / 2
-            assert m["pack_size"] == m["members_training"] == 2
-        assert reporter.last["epoch"] == 4 and (folder.trainer_dir / "pack.pt").exists()
-        assert [s.status for s in sinks] == ["completed", "completed"]
-    finally:
-        folder.remove()
+    assert trial_pack.fuses(t.ctx, Config.from_flat(flat), t.folder)
+    assert not trial_pack.fuses(t.ctx, Config.from_flat({**flat, "fuse": False}), t.folder)
+    results, reporter, why = t.fit(flat)
+    assert why is None and [r.status for r in results] == ["completed", "completed"]
+    # epochs 1-3 reported (the 4th is the trial's own last report), a checkpoint
+    # with epoch 2, the pack's seed-epochs as the time
+    assert [m["epoch"] for m, _ in t.reports] == [1, 2, 3]
+    assert [shipped for _, shipped in t.reports] == [False, True, False]
+    assert [m["seed_epochs"] for m, _ in t.reports] == [2, 4, 6]
+    for m, _ in t.reports:
+        e = int(m["epoch"]) - 1
+        each = [r.history[e]["val_acc"] for r in results]
+        assert m["mean_val_acc"] == m["val_acc"] == sum(each) / 2
+        assert m["pack_size"] == m["members_training"] == 2
+    assert reporter.last["epoch"] == 4 and (t.folder.trainer_dir / "pack.pt").exists()
+    assert [s.status for s in t.sinks] == ["completed", "completed"]
 
 
-def test_a_pack_whose_seeds_diverge_ends_each_run_diverged_and_reports_no_more(tmp_path,
-                                                                               monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    from sal_ray.tracking import store
-    exp = store.check_store(uri, "pack-diverged")
-    ctx = TrialContext(sweep="unit", tracking_uri=uri, experiment_id=exp, parent_run_id="",
-                       fixed={}, searched={}, metrics=("val_acc",), modes=("max",), seeds=2,
-                       base_seed=0, log_model="none", flush_every_s=0.0, checkpoint_every=0)
-    folder = TrialFolder(ctx)
-    reports = []
-    monkeypatch.setattr(trial_pack.rt, "report", lambda m, checkpoint=None: reports.append(m))
-    flat = {**FIXED, "dataset": "digits", "method": "bp", "n_areas": 1, "lr": 1e3}
-    sinks = []
-
-    def make_sink(i, cfg_flat, fallback):
-        sinks.append(MLflowSink(uri, exp, key=f"unit/s{i}", outbox=folder.outbox,
-                                flush_every_s=0.0))
-        return sinks[-1]
-    try:
-        results, reporter, why = trial_pack.fit_seeds_fused(
-            ctx, folder, flat, {"dataset": "digits"}, CheckpointClock(0, 0.0), Costs(),
-            make_sink, ["unit/s0", "unit/s1"])
-        assert why is None and [r.status for r in results] == ["diverged", "diverged"]
-        assert all("exploded past 100 (diverge_loss) in epoch 1" in r.message for r in results)
-        assert reports == [] and reporter.last is None  # no epoch of theirs was reported
-        folder.outbox.deliver(force=True)
-        client = mlflow.MlflowClient(uri)
-        for sink in sinks:
-            run = client.get_run(sink.run_id)
-            assert run.info.status == "FAILED" and run.data.tags["status"] == "diverged"
-            assert run.data.tags["pack_size"] == "2"
-    finally:
-        folder.remove()
+def test_a_pack_whose_seeds_diverge_ends_each_run_diverged_and_reports_no_more(pack_trial):
+    t = pack_trial(checkpoint_every=0)
+    results, reporter, why = t.fit({**FIXED, "dataset": "digits", "method": "bp",
+                                    "n_areas": 1, "lr": 1e3})
+    assert why is None and [r.status for r in results] == ["diverged", "diverged"]
+    assert all("exploded past 100 (diverge_loss) in epoch 1" in r.message for r in results)
+    assert t.reports == [] and reporter.last is None  # no epoch of theirs was reported
+    t.folder.outbox.deliver(force=True)
+    client = mlflow.MlflowClient(t.uri)
+    for sink in t.sinks:
+        run = client.get_run(sink.run_id)
+        assert run.info.status == "FAILED" and run.data.tags["status"] == "diverged"
+        assert run.data.tags["pack_size"] == "2"

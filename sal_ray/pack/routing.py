@@ -48,13 +48,12 @@ class PackRouting:
         self.x_BI, self.areas_B, self.n_areas = x_MBI, areas_MB, n_areas
         if areas_MB is None:
             self.kind = "dense"
-        elif kernel == "auto" and not x_MBI.is_cuda and n_areas > 1:
+            return
+        if kernel == "auto" and not x_MBI.is_cuda and n_areas > 1:
             self.kind = "onehot" if M * n_areas * B * I * d_out <= PACK_ONEHOT_MAX_MACS \
                 else "padded"
         else:
             self.kind = pick_kernel(kernel, n_areas, B, I, d_out, x_MBI.is_cuda)
-        if areas_MB is None:
-            return
         offsets_M1 = torch.arange(M, device=areas_MB.device).unsqueeze(1) * n_areas
         self.flat = (areas_MB + offsets_M1).reshape(M * B)  # (member, area) per row
         if self.kind == "onehot":

@@ -35,8 +35,8 @@ from ..trainer import Callback, fit
 from .costs import CheckpointClock, Costs, Timed
 from .storage import StorageError, storage_failure
 from .trial_pack import fit_seeds_fused, fuses
-from .trial_state import (TrialContext, TrialFolder, config_key, run_key, trial_number,
-                          trial_summary)
+from .trial_state import (TrialContext, TrialFolder, config_key, interrupted, run_key,
+                          trial_number, trial_summary)
 
 
 def penalty(mode: str) -> float:
@@ -220,12 +220,13 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
 
     reporter = None
     clock = CheckpointClock(ctx.checkpoint_every, ctx.checkpoint_every_s)
-    if fuses(ctx, flat, folder):
+    base = Config.from_flat(flat)
+    if fuses(ctx, base, folder):
         def make_sink(i: int, cfg_flat: dict, fallback: str) -> MLflowSink:
             return seed_sink(ctx, folder, trial_id, study, cfg_flat, cfg_key, i, keys[i],
                              fallback, number)
         results, reporter, why = fit_seeds_fused(ctx, folder, flat, {**common, "config": cfg_key},
-                                                 clock, costs, make_sink, keys)
+                                                 clock, costs, make_sink, trial_id)
         if why is not None:
             return refused(why, sum(folder.outbox.knows(k) for k in keys))
         for i, result in enumerate(results):
@@ -233,7 +234,6 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
                 return ended_early(result, ctx.seeds, reporter.last, f"seed {ctx.base_seed + i}: ")
         for i, result in enumerate(results):
             keep_seed(ctx, folder, result, ctx.base_seed + i, costs)
-    epochs = Config.from_flat(flat).optim.epochs
     for i in range(folder.seed_index, ctx.seeds):
         seed = ctx.base_seed + i
         cfg_flat = {**flat, "seed": seed}
@@ -246,17 +246,14 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
             reporter = TuneReporter(ctx, i, folder, said, clock, costs)
             try:
                 result = fit_seed(ctx, folder, trial_id, cfg_flat, sink, reporter,
-                                  SeedMeans(ctx, list(folder.prior), said, i, epochs))
+                                  SeedMeans(ctx, list(folder.prior), said, i,
+                                            base.optim.epochs))
                 break
             except CheckpointError as e:
                 if not folder.trainer_dir.exists():
                     raise
-                # the seed's newest checkpoint cannot be read: start the seed again,
-                # where Tune would retry the same file until it gave up
-                copied = f" (Tune's checkpoint {folder.source})" if folder.source else ""
-                fallback = f"seed {seed} restarted from scratch: {e}{copied}"[:500]
+                fallback = folder.start_over(f"seed {seed}", e)
                 print(f"[checkpoint] trial {trial_id}: {fallback}", flush=True)
-                folder.discard_trainer_checkpoint()
             except (ConfigError, DataError) as e:
                 # the trainer refused this configuration: record it, tell Optuna FAIL
                 if not sink.opened:
@@ -264,10 +261,7 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
                 sink.close("failed", str(e))
                 return refused(str(e), i + 1)
             except BaseException as e:
-                # SystemExit: the scheduler stopped this trial inside tune.report
-                sink.close("stopped" if isinstance(e, SystemExit) else "crashed",
-                           "stopped by the scheduler" if isinstance(e, SystemExit)
-                           else f"{type(e).__name__}: {e}"[:500])
+                sink.close(*interrupted(e))
                 raise
         if result.status != "completed":
             return ended_early(result, i + 1, reporter.last)

@@ -27,15 +27,14 @@ from ..pack import fit_pack
 from ..trainer import Callback
 from .costs import CheckpointClock, Costs, Timed
 from .storage import StorageError
-from .trial_state import TrialContext, TrialFolder
+from .trial_state import TrialContext, TrialFolder, interrupted
 
 
-def fuses(ctx: TrialContext, flat: dict, folder: TrialFolder) -> bool:
+def fuses(ctx: TrialContext, cfg: Config, folder: TrialFolder) -> bool:
     """Whether this trial trains its seeds as one pack: several seeds in one
     process, `fuse` on, and no seed already done one at a time (a trial folder
     from a run that did not fuse goes on as it began)."""
-    return ctx.workers == 1 and ctx.seeds > 1 and folder.seed_index == 0 and \
-        bool(Config.from_flat(flat).run.fuse)
+    return ctx.workers == 1 and ctx.seeds > 1 and folder.seed_index == 0 and cfg.run.fuse
 
 
 class MemberTap(Callback):
@@ -59,19 +58,20 @@ class PackReporter:
         self.latest: dict[int, dict] = {}
         self.last: dict | None = None
 
-    def payload(self, epoch: int) -> dict:
-        now = [m for m in self.latest.values() if int(m["epoch"]) == epoch]
+    def payload(self, epoch: int, now: list[dict]) -> dict:
+        """The report for `epoch` from the members that trained it (`now`)."""
         means = {k: statistics.fmean(m[k] for m in now) for k in now[0]
                  if not k.startswith("area_share.") and isinstance(now[0][k], (int, float))}
         return {**means, **self.common, "epoch": epoch, "pack_size": self.ctx.seeds,
-                "members_training": len(now), "seed_index": self.ctx.seeds - 1,
-                "seed_epochs": epoch * self.ctx.seeds, "trial_status": "running",
+                "members_training": len(now), "seed_epochs": epoch * self.ctx.seeds,
+                "trial_status": "running",
                 **{f"mean_{m}": means[m] for m in self.ctx.metrics if m in means}}
 
     def __call__(self, epoch: int, folder: str | None) -> None:
-        if not any(int(m["epoch"]) == epoch for m in self.latest.values()):
+        now = [m for m in self.latest.values() if int(m["epoch"]) == epoch]
+        if not now:
             return  # every member stopped this epoch: the trial ends without a report
-        self.last = self.payload(epoch)
+        self.last = self.payload(epoch, now)
         if epoch >= self.epochs:
             return  # the trial reports its last epoch itself, after the models are logged
         if self.clock.ship(epoch, last=False):
@@ -88,12 +88,13 @@ class PackReporter:
 
 
 def fit_seeds_fused(ctx: TrialContext, folder: TrialFolder, flat: dict, common: dict,
-                    clock: CheckpointClock, costs: Costs, make_sink, keys: list[str]):
+                    clock: CheckpointClock, costs: Costs, make_sink, trial_id: str):
     """Every seed of the trial as one pack: (one RunResult per seed, the reporter,
     None), or (None, None, why) when the trainer refused the configuration (the
     first seed's run is then closed as failed). `make_sink(i, cfg_flat, fallback)` is the
     trial's MLflow sink for seed i."""
     configs = [{**flat, "seed": ctx.base_seed + i} for i in range(ctx.seeds)]
+    members = [Config.from_flat(c) for c in configs]
     fallback = folder.fallback
     while True:
         sinks = [make_sink(i, c, fallback) for i, c in enumerate(configs)]
@@ -101,13 +102,12 @@ def fit_seeds_fused(ctx: TrialContext, folder: TrialFolder, flat: dict, common: 
             sink.hold_end = True  # every seed's end goes with the trial's summary
             sink.tags["pack_size"] = ctx.seeds
         said = {**common, **({"checkpoint_fallback": fallback} if fallback else {})}
-        reporter = PackReporter(ctx, folder, said, Config.from_flat(flat).optim.epochs,
-                                clock, costs)
+        reporter = PackReporter(ctx, folder, said, members[0].optim.epochs, clock, costs)
         callbacks = [[Timed(s, costs, "mlflow"), MemberTap(reporter.latest, i)]
                      for i, s in enumerate(sinks)]
         try:
             with costs.timed("fit"):
-                results = fit_pack([Config.from_flat(c) for c in configs], callbacks,
+                results = fit_pack(members, callbacks,
                                    checkpoint_dir=str(folder.trainer_dir)
                                    if ctx.checkpoint_every > 0 else None,
                                    save_due=clock.due, after_epoch=reporter)
@@ -115,10 +115,8 @@ def fit_seeds_fused(ctx: TrialContext, folder: TrialFolder, flat: dict, common: 
         except CheckpointError as e:
             if not folder.trainer_dir.exists():
                 raise
-            copied = f" (Tune's checkpoint {folder.source})" if folder.source else ""
-            fallback = f"the pack of {ctx.seeds} seeds restarted from scratch: {e}{copied}"[:500]
-            print(f"[checkpoint] {fallback}", flush=True)
-            folder.discard_trainer_checkpoint()
+            fallback = folder.start_over(f"the pack of {ctx.seeds} seeds", e)
+            print(f"[checkpoint] trial {trial_id}: {fallback}", flush=True)
         except (ConfigError, DataError) as e:
             # refused before training: the first seed's run says why, as when the
             # seeds run in turn (the others never started)
@@ -129,10 +127,7 @@ def fit_seeds_fused(ctx: TrialContext, folder: TrialFolder, flat: dict, common: 
                     sink.close("failed", str(e))
             return None, None, str(e)
         except BaseException as e:
-            # SystemExit: the scheduler stopped this trial inside tune.report
             for sink in sinks:
                 if sink.opened and sink.status is None:
-                    sink.close("stopped" if isinstance(e, SystemExit) else "crashed",
-                               "stopped by the scheduler" if isinstance(e, SystemExit)
-                               else f"{type(e).__name__}: {e}"[:500])
+                    sink.close(*interrupted(e))
             raise

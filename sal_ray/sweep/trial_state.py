@@ -65,6 +65,14 @@ def trial_status(result: dict | None, error: bool = False) -> str:
     return "stopped" if result else "crashed"
 
 
+def interrupted(e: BaseException) -> tuple[str, str]:
+    """How a run ends when training was cut short by `e`: (status, message).
+    SystemExit is the scheduler stopping the trial inside tune.report."""
+    if isinstance(e, SystemExit):
+        return "stopped", "stopped by the scheduler"
+    return "crashed", f"{type(e).__name__}: {e}"[:500]
+
+
 def tune_trial_name(trial) -> str:
     """Tune's name of a trial (TuneConfig.trial_name_creator): `trial-<n>`, `n` its
     number in the sweep, Tune's own count (the head of its `experiment_tag`,
@@ -177,6 +185,14 @@ class TrialFolder:
 
     def discard_trainer_checkpoint(self) -> None:
         shutil.rmtree(self.trainer_dir, ignore_errors=True)
+
+    def start_over(self, what: str, error: Exception) -> str:
+        """The trainer checkpoint cannot be read: drop it, so `what` (a seed, the
+        pack) trains again from scratch, where Tune would retry the same file until
+        it gave up. What to record and print about it."""
+        self.discard_trainer_checkpoint()
+        copied = f" (Tune's checkpoint {self.source})" if self.source else ""
+        return f"{what} restarted from scratch: {error}{copied}"[:500]
 
     def remove(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
