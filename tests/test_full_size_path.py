@@ -140,7 +140,7 @@ def test_a_killed_worker_loses_nothing_and_resumes_on_another_worker_count(ray_l
 
 def test_weights_past_the_threshold_go_to_mlflow_as_a_reference(tmp_path, mlflow_uri):
     mlflow = pytest.importorskip("mlflow")
-    from sal_ray.sweep.trial import log_trial_summary
+    from sal_ray.sweep.trial_runs import log_trial_summary
     from sal_ray.sweep.trial_state import TrialContext, TrialFolder
     from sal_ray.tracking.weights import checkpoint_reference
 

@@ -12,11 +12,16 @@ from ray import tune as rt
 
 from .options import print_line
 from .plan import Plan
-from .trial_state import trial_status
+from .trial_state import member_result, trial_status
 
 
 def short(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def size(config: dict) -> int:
+    """Configurations a Tune trial holds: one, or a fused trial's (`fuse_configs`)."""
+    return len(config.get("configs") or [None])
 
 
 class StopOnStorageError(rt.Stopper):
@@ -73,11 +78,22 @@ class SweepProgress(rt.Callback):
         self.status[tid] = trial_status(self.last.get(tid), error)
         if error:
             self.errors[tid] = str(getattr(trial, "error_msg", "") or "error")[:500]
-        # counted over all trials: a resumed sweep's earlier ones are done too
-        self.done = max(self.done + 1, 1 + sum(
-            t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial))
-        cfg, last, plan = self.config[tid], self.last.get(tid, {}), self.plan
-        m0 = plan.metrics[0]
+        cfg, last = self.config[tid], self.last.get(tid, {})
+        # counted over all trials (a resumed sweep's earlier ones are done too), in
+        # configurations: a fused trial ends several
+        self.done = max(self.done + size(cfg), size(cfg) + sum(
+            size(t.config) for t in trials if t is not trial
+            and t.status in ("TERMINATED", "ERROR")))
+        if "configs" not in cfg:
+            return self._line(self.done, cfg, last, self.status[tid])
+        common = {k: v for k, v in cfg.items() if k != "configs"}
+        first = self.done - len(cfg["configs"]) + 1
+        for j, params in enumerate(cfg["configs"]):
+            mine = member_result(last, j) if last else {}
+            self._line(first + j, {**common, **params}, mine, trial_status(mine, error))
+
+    def _line(self, done: int, cfg: dict, last: dict, status: str) -> None:
+        plan, m0 = self.plan, self.plan.metrics[0]
         value = last.get(f"final_{m0}_mean", last.get(f"mean_{m0}"))
         shown = "" if value is None or not math.isfinite(value) else f"{m0} {value:.4f}"
         if f"final_{m0}_std" in last and plan.seeds > 1:
@@ -86,7 +102,7 @@ class SweepProgress(rt.Callback):
                           if k not in ("dataset", "method"))
         n = len(str(plan.total_trials))
         key = f"{cfg.get('dataset')}/{cfg.get('method')}"
-        self.echo(f"[{self.done:>{n}}/{plan.total_trials}] {key:<14} {self.status[tid]:<9} "
+        self.echo(f"[{done:>{n}}/{plan.total_trials}] {key:<14} {status:<9} "
                   f"{shown:<26} {params}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -131,15 +147,15 @@ class LiveConsole(rt.Callback):
         self.latest[trial.trial_id] = dict(result)
 
     def _work(self, trial) -> float:
-        """How much of `trial` is done, from 0 to 1."""
+        """How much of `trial` is done, in configurations (a fused trial holds several)."""
         if trial.status in ("TERMINATED", "ERROR"):
-            return 1.0
+            return float(size(trial.config))
         r = self.latest.get(trial.trial_id) or trial.last_result or {}
         key = f"{trial.config.get('dataset')}/{trial.config.get('method')}"
         total = self.plan.seeds * (trial.config.get("epochs") or self.epochs.get(key)
                                    or self.plan.max_epochs)
         done = r.get("seed_epochs", r.get("training_iteration")) or 0
-        return min(1.0, done / max(1, total))
+        return size(trial.config) * min(1.0, done / max(1, total))
 
     def on_step_end(self, iteration, trials, **info):
         if not self.every_s:
@@ -159,7 +175,7 @@ class LiveConsole(rt.Callback):
     def status_lines(self, trials, running, now: float) -> None:
         plan, m0 = self.plan, self.plan.metrics[0]
         done = sum(self._work(t) for t in trials)
-        ended = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        ended = sum(size(t.config) for t in trials if t.status in ("TERMINATED", "ERROR"))
         elapsed = now - self.started
         rate = (done - self.done_at_start) / elapsed if elapsed > 0 else 0.0
         left = plan.total_trials - done
@@ -176,7 +192,9 @@ class LiveConsole(rt.Callback):
             epochs = t.config.get("epochs") or self.epochs.get(key) or plan.max_epochs
             value = r.get(m0)
             shown = f"{m0} {value:.4f}" if isinstance(value, (int, float)) else ""
-            seed = "" if plan.seeds == 1 else f"{plan.seeds} seeds fused " if r.get("pack_size") \
+            seed = f"{size(t.config)} configs x {plan.seeds} seeds fused " \
+                if "configs" in t.config else "" if plan.seeds == 1 else \
+                f"{plan.seeds} seeds fused " if r.get("pack_size") \
                 else f"seed {int(r.get('seed_index', 0)) + 1}/{plan.seeds} "
             self.echo(f"    {key:<14} {t.trial_id}  {seed}epoch {int(r['epoch'])}/{epochs}  "
                       f"{shown}")

@@ -10,8 +10,9 @@ to `execute.run_sweep`, which runs it on Ray Tune.
     res.trials                  # one row per trial (configuration), tidy
 
 One Tune run for the whole sweep, one Optuna study per (dataset, method)
-(`searcher`). A trial is one configuration; its seeds run inside it, one after
-another, each its own MLflow child run under the sweep's parent run (`trial`).
+(`searcher`). A trial is one configuration (or, with fuse_configs, several of
+one shape); its seeds run inside it, as one stacked model or one after another,
+each its own MLflow child run under the sweep's parent run (`trial`).
 Ray starts once and trial actors are reused (a Ray actor costs seconds; a
 Digits run, one). docs/sweeps.md has the how.
 """
@@ -48,7 +49,7 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
          callbacks: Sequence[Any] = (),
          layout: str | dict[str, str] = "data", script: dict[str, Any] | None = None,
          progress_every_s: float | None = 15.0,
-         system_metrics_s: float | None = 5.0):
+         system_metrics_s: float | None = 5.0, fuse_configs: int = 1):
     """Search trainer configurations with Ray Tune + Optuna, tracked in MLflow.
 
     What to search:
@@ -77,6 +78,13 @@ def tune(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
         "data"} (unnamed methods: "data"); see docs/scaling.md.
     experiment, name: the MLflow experiment and the sweep's name (its parent run
         and the `sweep` tag).
+    fuse_configs: configurations per Tune trial (default 1). Above 1, a study's
+        configurations go out k at a time and train in one trial as one stacked
+        model with their seeds (sal_ray.pack), each exactly as alone: Optuna
+        still hears each configuration's own reports and result, and each keeps
+        its own row and MLflow runs. Only for studies that search nothing but
+        lr, lr_sel and diverge_loss, without a scheduler, in one process per
+        trial (docs/sweeps.md, "Fused configurations").
 
     Where and how it runs (`RunOptions`):
     tracking_uri: the store (default $MLFLOW_TRACKING_URI, else
@@ -139,7 +147,8 @@ def _tune(t0: float, given: dict[str, Any]):
     dry_run = g["dry_run"]
     opts = RunOptions(**{f.name: g[f.name] for f in dataclasses.fields(RunOptions)}).check(name)
     search = {k: g[k] for k in ("fixed", "method_spaces", "trials", "sampler", "metric", "mode",
-                                "scheduler", "seeds", "resources", "experiment", "name")}
+                                "scheduler", "seeds", "resources", "experiment", "name",
+                                "fuse_configs")}
     p = plan(datasets, methods, space, data="note" if dry_run else "skip", **search)
     folder = storage.storage_path(opts.storage_path)
     storage.check_sweep_folder(folder, p.name, opts.resume)

@@ -28,12 +28,14 @@ BEST_FINALS = ("val_acc", "val_loss", "train_loss")
 def fingerprint(p: Plan) -> str:
     """What a resumed sweep must share with its first run: the studies, their
     budgets, spaces and fixed options, the objectives, seeds and sampler."""
-    text = json.dumps({
+    shape = {
         "pairs": [[s.key, s.budget, {k: v.describe() for k, v in s.space.items()}, s.fixed]
                   for s in p.studies],
         "metrics": p.metrics, "modes": p.modes, "seeds": p.seeds,
-        "sampler": p.sampler if isinstance(p.sampler, str) else type(p.sampler).__name__},
-        sort_keys=True, default=str)
+        "sampler": p.sampler if isinstance(p.sampler, str) else type(p.sampler).__name__}
+    if p.fuse_configs > 1:  # (absent at 1: a sweep from before the option keeps its print)
+        shape["fuse_configs"] = p.fuse_configs
+    text = json.dumps(shape, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -43,7 +45,8 @@ def sweep_params(p: Plan) -> dict:
               "sweep.sampler": p.sampler if isinstance(p.sampler, str) else type(p.sampler).__name__,
               "sweep.scheduler": json.dumps(p.scheduler, default=str) if p.scheduler else "none",
               "sweep.seeds": p.seeds, "sweep.total_trials": p.total_trials,
-              "sweep.resources": json.dumps(p.resources)}
+              "sweep.resources": json.dumps(p.resources),
+              "sweep.fuse_configs": p.fuse_configs}
     for s in p.studies:
         params[f"budget.{s.key}"] = s.budget
         for k, spec in s.space.items():

@@ -31,6 +31,9 @@ NOT_FOR = {"bp": (*SAL_ONLY, "moe_balance", "n_areas"), "moe": SAL_ONLY, "sal": 
 RESERVED = ("dataset", "method", "seed")
 RESERVED_HOW = {"dataset": "use datasets=", "method": "use methods=",
                 "seed": "use seeds= (and fixed={'seed': first} to move the first)"}
+# What configurations fused in one trial (fuse_configs) may differ in: the pack's
+# per-member scalars (sal_ray.pack.PER_MEMBER, less the seed, which the sweep sets).
+FUSABLE = ("lr", "lr_sel", "diverge_loss")
 # Where and how a run executes, not what it learns: fixed, never searched.
 UNSEARCHABLE = {"data_root": "where the data is", "download": "whether to fetch data",
                 "device": "set by resources= (a GPU share sets cuda)"}
@@ -66,10 +69,18 @@ class Plan:
     experiment: str
     max_epochs: int
     notes: list[str] = field(default_factory=list)  # about the whole sweep
+    fuse_configs: int = 1  # configurations per Tune trial, trained as one pack
 
     @property
     def total_trials(self) -> int:
+        """Configurations the sweep tries (Optuna's trials; the trials table's rows)."""
         return sum(s.budget for s in self.studies)
+
+    @property
+    def tune_trials(self) -> int:
+        """Tune trials that run them: `fuse_configs` configurations each."""
+        k = self.fuse_configs
+        return sum(-(-s.budget // k) for s in self.studies)
 
     @property
     def workers(self) -> int:
@@ -78,6 +89,9 @@ class Plan:
     def describe(self) -> str:
         lines = [f"sweep {self.name}: {self.total_trials} trial(s) x {self.seeds} seed(s); "
                  f"objective {', '.join(f'{m} ({o})' for m, o in zip(self.metrics, self.modes))}"]
+        if self.fuse_configs > 1:
+            lines.append(f"  up to {self.fuse_configs} configurations fused per Tune trial "
+                         f"({self.tune_trials} Tune trial(s), each one stacked model)")
         for s in self.studies:
             searched = ", ".join(f"{k}={v.describe()}" for k, v in s.space.items()) or "nothing"
             lines.append(f"  {s.key}: {s.budget} trial(s), searching {searched}")
@@ -201,13 +215,40 @@ def check_data(studies: list[Study], refuse: bool = True) -> list[str]:
     return notes
 
 
+def check_fusable(k, studies: list[Study], scheduler, resources: dict) -> None:
+    """fuse_configs=k > 1 puts k configurations of a study in one Tune trial, trained
+    as one stacked model (sal_ray.pack): they must share its shape, so a study may
+    search only FUSABLE options; the trial must train in one process; and no
+    scheduler may stop it, since a Tune scheduler stops whole trials and would end
+    every configuration on one's result."""
+    checks.positive_int("fuse_configs", k)
+    if k == 1:
+        return
+    if scheduler is not None:
+        raise ConfigError("fuse_configs", f"{k} configurations per trial cannot run under a "
+                          "scheduler (it stops whole Tune trials, so one configuration's "
+                          "result would stop them all): use scheduler=None, or fuse_configs=1")
+    if resources.get("workers", 1) > 1:
+        raise ConfigError("fuse_configs", "configurations fuse in one process, not on Ray "
+                          "Train workers: use fuse_configs=1 with resources' workers > 1")
+    for s in studies:
+        if s.fixed.get("fuse") is False:
+            raise ConfigError("fuse_configs", f"{s.key} fixes fuse=false (no stacked model): "
+                              "use fuse_configs=1 with it")
+        shaped = [name for name in s.space if name not in FUSABLE]
+        if shaped:
+            raise ConfigError("fuse_configs", f"configurations fuse only when they differ in "
+                              f"{', '.join(FUSABLE)}; {s.key} searches {shaped[0]}, which "
+                              "they must share: fix it, or use fuse_configs=1")
+
+
 def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[str] = METHODS,
          space: dict[str, Any] | None = None, *, fixed: dict[str, Any] | None = None,
          method_spaces: dict[str, dict[str, Any]] | None = None, trials: int | None = None,
          sampler: Any = "tpe", metric: str | Sequence[str] = "val_acc",
          mode: str | Sequence[str] = "max", scheduler: Any = None, seeds: int = 1,
          resources: dict[str, float] | None = None, experiment: str = "sal-ray",
-         name: str | None = None, data: str = "refuse") -> Plan:
+         name: str | None = None, data: str = "refuse", fuse_configs: int = 1) -> Plan:
     """Validate a sweep and lay it out; raises ConfigError naming the bad option.
     Touches neither Ray nor MLflow (`tune(..., dry_run=True)` returns this).
     data: "refuse" a dataset not on this machine (a local run), "note" it in the
@@ -249,6 +290,7 @@ def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
             if pin.get("data_root") is not None:  # trials run in other folders
                 pin["data_root"] = str(Path(str(pin["data_root"])).expanduser().resolve())
             studies.append(make_study(dataset, method, searched, pin, trials, grid))
+    check_fusable(fuse_configs, studies, sched, res)
     notes = check_data(studies, refuse=data == "refuse") if data != "skip" else []
     max_epochs = max(max(candidates(s.space["epochs"])) if "epochs" in s.space
                      else Config.from_flat(s.fixed).optim.epochs for s in studies)
@@ -256,4 +298,4 @@ def plan(datasets: str | Sequence[str] = ("digits",), methods: str | Sequence[st
     name = name or f"sweep-{stamp}-{uuid.uuid4().hex[:4]}"
     seed0 = Config.from_flat(studies[0].fixed).run.seed
     return Plan(name, studies, metrics, modes, sampler, sched, seeds, seed0, res, experiment,
-                max_epochs, notes)
+                max_epochs, notes, fuse_configs)

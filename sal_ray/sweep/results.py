@@ -15,7 +15,7 @@ from ..tracking import store
 from .checks import COUNT_METRICS
 from .console import short
 from .plan import Plan
-from .trial_state import FINAL_KEYS, trial_status
+from .trial_state import FINAL_KEYS, member_result, trial_status
 
 
 def trial_records(grid, progress) -> list[dict]:
@@ -30,9 +30,29 @@ def trial_records(grid, progress) -> list[dict]:
         message = progress.errors.get(tid, "")
         if error and not message:
             message = str(result.error or "error")[:500]
-        out.append({"trial_id": tid, "config": dict(result.config or progress.config.get(tid, {})),
-                    "last": last, "status": trial_status(last, error), "error": message,
-                    "checkpoint": result.checkpoint})
+        rec = {"trial_id": tid, "config": dict(result.config or progress.config.get(tid, {})),
+               "last": last, "status": trial_status(last, error), "error": message,
+               "checkpoint": result.checkpoint}
+        out += members(rec, error)
+    return out
+
+
+def members(rec: dict, error: bool) -> list[dict]:
+    """A trial's records: itself, or one per configuration of a fused trial
+    (`fuse_configs`), each as if it had had its own trial (id `<id>-c<j>`, its
+    own configuration and last result); the first carries the trial's checkpoint
+    (its pending MLflow writes are the whole trial's)."""
+    cfg = rec["config"]
+    if "configs" not in cfg:
+        return [rec]
+    common = {k: v for k, v in cfg.items() if k != "configs"}
+    out = []
+    for j, params in enumerate(cfg["configs"]):
+        last = member_result(rec["last"], j) if rec["last"] else {}
+        out.append({**rec, "trial_id": f"{rec['trial_id']}-c{j}",
+                    "config": {**common, **params}, "last": last,
+                    "status": trial_status(last, error),
+                    "checkpoint": rec["checkpoint"] if j == 0 else None})
     return out
 
 

@@ -10,6 +10,11 @@ without inventing a value); FAIL for a configuration the trainer rejected or a
 crash. (Ray's own OptunaSearch would tell a stopped trial COMPLETE with its
 partial value: docs/engines.md.)
 
+With `fuse_configs` k > 1, one Tune trial carries k configurations of one study
+(`{"configs": [params, ...]}`), each its own Optuna trial: the trial reports each
+one's objective under `c<j>/` (`trial_configs`), and each Optuna trial hears its
+own values, steps and end. Every configuration is a "member", `<tune id>-c<j>`.
+
 The studies live in Optuna's RDB storage, one SQLite file per sweep beside Tune's
 (storage.optuna_db): `optuna-dashboard sqlite:///...` watches a running sweep, and
 a resumed sweep continues them with `optuna.load_study`.
@@ -32,7 +37,7 @@ from ray.tune.search import Searcher
 from ..config import ConfigError
 from .plan import Plan
 from .space import Choice, Float, Spec
-from .trial_state import trial_status
+from .trial_state import member_result, trial_status
 
 STATES = {"completed": TrialState.COMPLETE, "diverged": TrialState.PRUNED,
           "stopped": TrialState.PRUNED}
@@ -92,8 +97,9 @@ class StudySearcher(Searcher):
     RDB storage at `storage_url` (one SQLite file per sweep: storage.optuna_url).
 
     What it pickles (Tune's tuner.pkl and its searcher checkpoints) is only which
-    Optuna trial each Tune trial is: the studies themselves are Optuna's, loaded
-    back with `optuna.load_study` on resume (`_load`)."""
+    Optuna trial each member is, and which members each Tune trial holds: the
+    studies themselves are Optuna's, loaded back with `optuna.load_study` on
+    resume (`_load`)."""
 
     def __init__(self, plan: Plan, storage_url: str):
         super().__init__(metric=None, mode=None)
@@ -109,7 +115,8 @@ class StudySearcher(Searcher):
             for point in s.grid or ():
                 study.enqueue_trial(point)
             self.studies[s.key] = study
-        self.known: dict[str, tuple[str, int]] = {}  # Tune trial id -> (study, trial number)
+        self.known: dict[str, tuple[str, int]] = {}  # member -> (study, trial number)
+        self.members: dict[str, list[str]] = {}  # Tune trial id -> its members
         self._index()
 
     def _index(self) -> None:
@@ -118,9 +125,9 @@ class StudySearcher(Searcher):
         self.dists = {s.key: {k: distribution(v) for k, v in s.space.items()}
                       for s in self.plan.studies}
         self.asked = {s.key: 0 for s in self.plan.studies}
-        self.live: dict[str, Any] = {}   # Tune trial id -> Optuna trial
-        self.told: dict[str, str] = {}   # Tune trial id -> status told
-        self.steps: dict[str, set] = {}  # Tune trial id -> steps reported to Optuna
+        self.live: dict[str, Any] = {}   # member -> Optuna trial
+        self.told: dict[str, str] = {}   # member -> status told
+        self.steps: dict[str, set] = {}  # member -> steps reported to Optuna
         stored = {key: {t.number: t for t in study.get_trials(deepcopy=False)}
                   for key, study in self.studies.items()}
         for tid, (key, number) in self.known.items():
@@ -131,7 +138,8 @@ class StudySearcher(Searcher):
             if frozen.state.is_finished():
                 self.told[tid] = frozen.user_attrs.get("status", frozen.state.name.lower())
 
-    def _load(self, known: dict[str, tuple[str, int]]) -> None:
+    def _load(self, known: dict[str, tuple[str, int]],
+              members: dict[str, list[str]] | None = None) -> None:
         """Continue the stored studies (`optuna.load_study`, with fresh samplers: a
         sampler is not stored)."""
         db = self.storage_url.removeprefix("sqlite:///")
@@ -140,6 +148,8 @@ class StudySearcher(Searcher):
                               f"not at {db} (moved or deleted?): it cannot be continued")
         self.rdb = rdb_storage(self.storage_url)
         self.studies, self.known = {}, dict(known)
+        # (pickled before configurations fused: every Tune trial is its own member)
+        self.members = dict(members) if members is not None else {t: [t] for t in known}
         for i, s in enumerate(self.plan.studies):
             name = f"{self.plan.name}/{s.key}"
             held = len(optuna.load_study(study_name=name, storage=self.rdb).get_trials(
@@ -172,16 +182,18 @@ class StudySearcher(Searcher):
     def __getstate__(self):
         # Searcher's own state (_metric, _mode), and which trial is which: no study
         return {"plan": self.plan, "storage_url": self.storage_url, "known": dict(self.known),
-                "_metric": self._metric, "_mode": self._mode}
+                "members": dict(self.members), "_metric": self._metric, "_mode": self._mode}
 
     def __setstate__(self, state):
         if "known" not in state:  # pickled before the studies were stored: they are in it
             self.__dict__.update(state)
             self.plan = state.get("plan") or self.__dict__.get("plan")
             return
-        known = state.pop("known")
+        known, members = state.pop("known"), state.pop("members", None)
         self.__dict__.update(state)
-        self._load(known)
+        if not hasattr(self.plan, "fuse_configs"):  # a plan pickled before the option
+            self.plan.fuse_configs = 1
+        self._load(known, members)
 
     def set_search_properties(self, metric, mode, config, **spec):
         return True  # the space and objectives are ours already
@@ -193,39 +205,60 @@ class StudySearcher(Searcher):
         if not open_studies:
             return Searcher.FINISHED
         study = min(open_studies, key=lambda s: self.asked[s.key])  # round-robin: equal pace
-        trial = self.studies[study.key].ask(self.dists[study.key])
-        trial.set_user_attr("tune_trial_id", trial_id)
-        self.asked[study.key] += 1
-        self.live[trial_id] = trial
-        self.known[trial_id] = (study.key, trial.number)
-        return {"dataset": study.dataset, "method": study.method, **trial.params}
+        k = self.plan.fuse_configs
+        fused = k > 1
+        n = min(k, study.budget - self.asked[study.key])
+        mids = [f"{trial_id}-c{j}" for j in range(n)] if fused else [trial_id]
+        params = []
+        for mid in mids:
+            trial = self.studies[study.key].ask(self.dists[study.key])
+            trial.set_user_attr("tune_trial_id", mid)
+            self.asked[study.key] += 1
+            self.live[mid] = trial
+            self.known[mid] = (study.key, trial.number)
+            params.append(trial.params)
+        self.members[trial_id] = mids
+        common = {"dataset": study.dataset, "method": study.method}
+        return {**common, "configs": params} if fused else {**common, **params[0]}
+
+    def _member_results(self, trial_id, result):
+        """(member, its result) for each configuration of Tune trial `trial_id`: a
+        fused trial's `c<j>/` keys over the trial's own."""
+        mids = self.members.get(trial_id, [trial_id])
+        if len(mids) == 1 and mids[0] == trial_id:
+            return [(trial_id, result)]
+        return [(mid, member_result(result, j)) for j, mid in enumerate(mids)]
 
     def on_trial_result(self, trial_id, result):
         # intermediate values (single objective only, in Optuna) rank pruned trials
-        if len(self.plan.metrics) > 1 or trial_id not in self.live or trial_id in self.told:
+        if len(self.plan.metrics) > 1:
             return
-        value = result.get(f"mean_{self.plan.metrics[0]}")
-        step = result.get("seed_epochs", result.get("training_iteration"))
-        if isinstance(value, (int, float)) and math.isfinite(value) and step is not None:
-            # a trial restarted from a checkpoint repeats the steps after it
-            seen = self.steps.setdefault(trial_id, set())
-            if int(step) not in seen:
-                seen.add(int(step))
-                self.live[trial_id].report(float(value), int(step))
+        for mid, r in self._member_results(trial_id, result):
+            if mid not in self.live or mid in self.told:
+                continue
+            value = r.get(f"mean_{self.plan.metrics[0]}")
+            step = r.get("seed_epochs", r.get("training_iteration"))
+            if isinstance(value, (int, float)) and math.isfinite(value) and step is not None:
+                # a trial restarted from a checkpoint repeats the steps after it
+                seen = self.steps.setdefault(mid, set())
+                if int(step) not in seen:
+                    seen.add(int(step))
+                    self.live[mid].report(float(value), int(step))
 
     def on_trial_complete(self, trial_id, result=None, error=False):
-        if trial_id not in self.live or trial_id in self.told:
-            return
-        trial = self.live[trial_id]
-        status = trial_status(result, error)
-        values = None
-        if status == "completed":
-            values = [result.get(f"mean_{m}") for m in self.plan.metrics]
-            if any(not isinstance(v, (int, float)) or math.isnan(v) for v in values):
-                status, values = "crashed", None
-        trial.set_user_attr("status", status)
-        trial.study.tell(trial, values, state=STATES.get(status, TrialState.FAIL))
-        self.told[trial_id] = status
+        for mid, r in self._member_results(trial_id, result or {}):
+            if mid not in self.live or mid in self.told:
+                continue
+            trial = self.live[mid]
+            status = trial_status(r if result is not None else None, error)
+            values = None
+            if status == "completed":
+                values = [r.get(f"mean_{m}") for m in self.plan.metrics]
+                if any(not isinstance(v, (int, float)) or math.isnan(v) for v in values):
+                    status, values = "crashed", None
+            trial.set_user_attr("status", status)
+            trial.study.tell(trial, values, state=STATES.get(status, TrialState.FAIL))
+            self.told[mid] = status
 
     def save(self, checkpoint_path):
         try:

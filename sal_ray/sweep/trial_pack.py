@@ -37,14 +37,28 @@ def fuses(ctx: TrialContext, cfg: Config, folder: TrialFolder) -> bool:
     return ctx.workers == 1 and ctx.seeds > 1 and folder.seed_index == 0 and cfg.run.fuse
 
 
+def pack_means(now: list[dict]) -> dict[str, float]:
+    """Each scalar metric's mean over members' epochs (the per-area shares stay in
+    MLflow)."""
+    return {k: statistics.fmean(m[k] for m in now) for k in now[0]
+            if not k.startswith("area_share.") and isinstance(now[0][k], (int, float))}
+
+
 class MemberTap(Callback):
-    """Keeps member `m`'s latest epoch for the pack's report."""
+    """Keeps member `m`'s latest epoch, with its parameter counts, for the pack's
+    report."""
 
     def __init__(self, latest: dict, m: int):
         self.latest, self.m = latest, m
+        self.counts: dict = {}
+
+    def on_start(self, run) -> None:
+        # parameter counts, as a trial of seeds in turn reports them (an objective
+        # such as params_active reads them)
+        self.counts = run.counts.as_dict()
 
     def on_epoch(self, metrics: dict) -> None:
-        self.latest[self.m] = metrics
+        self.latest[self.m] = {**self.counts, **metrics}
 
 
 class PackReporter:
@@ -58,17 +72,16 @@ class PackReporter:
         self.latest: dict[int, dict] = {}
         self.last: dict | None = None
 
-    def payload(self, epoch: int, now: list[dict]) -> dict:
-        """The report for `epoch` from the members that trained it (`now`)."""
-        means = {k: statistics.fmean(m[k] for m in now) for k in now[0]
-                 if not k.startswith("area_share.") and isinstance(now[0][k], (int, float))}
+    def payload(self, epoch: int, now: dict[int, dict]) -> dict:
+        """The report for `epoch` from the members that trained it (`now`, by index)."""
+        means = pack_means(list(now.values()))
         return {**means, **self.common, "epoch": epoch, "pack_size": self.ctx.seeds,
                 "members_training": len(now), "seed_epochs": epoch * self.ctx.seeds,
                 "trial_status": "running",
                 **{f"mean_{m}": means[m] for m in self.ctx.metrics if m in means}}
 
     def __call__(self, epoch: int, folder: str | None) -> None:
-        now = [m for m in self.latest.values() if int(m["epoch"]) == epoch]
+        now = {m: x for m, x in self.latest.items() if int(x["epoch"]) == epoch}
         if not now:
             return  # every member stopped this epoch: the trial ends without a report
         self.last = self.payload(epoch, now)
@@ -94,15 +107,32 @@ def fit_seeds_fused(ctx: TrialContext, folder: TrialFolder, flat: dict, common: 
     first seed's run is then closed as failed). `make_sink(i, cfg_flat, fallback)` is the
     trial's MLflow sink for seed i."""
     configs = [{**flat, "seed": ctx.base_seed + i} for i in range(ctx.seeds)]
+
+    def reporter(said: dict) -> PackReporter:
+        return PackReporter(ctx, folder, said, Config.from_flat(flat).optim.epochs, clock,
+                            costs)
+    return fit_fused(ctx, folder, configs, common, costs, make_sink, reporter, trial_id,
+                     f"the pack of {ctx.seeds} seeds", speaks=(0,))
+
+
+def fit_fused(ctx: TrialContext, folder: TrialFolder, configs: list[dict], common: dict,
+              costs: Costs, make_sink, make_reporter, trial_id: str, what: str,
+              speaks: tuple[int, ...]):
+    """Members `configs` (flat, seeds set) as one pack, each into its MLflow sink
+    (`make_sink(m, flat, fallback)`), the pack reported by `make_reporter(said)`
+    (`said`: what every report carries): (results, reporter, None), or (None,
+    None, why) when the trainer refused them, the runs of members `speaks` then
+    closed as failed with why. An unreadable pack checkpoint (`what`) is dropped
+    and the pack starts over."""
     members = [Config.from_flat(c) for c in configs]
     fallback = folder.fallback
     while True:
         sinks = [make_sink(i, c, fallback) for i, c in enumerate(configs)]
         for sink in sinks:
-            sink.hold_end = True  # every seed's end goes with the trial's summary
-            sink.tags["pack_size"] = ctx.seeds
+            sink.hold_end = True  # every member's end goes with the trial's summary
+            sink.tags["pack_size"] = len(configs)
         said = {**common, **({"checkpoint_fallback": fallback} if fallback else {})}
-        reporter = PackReporter(ctx, folder, said, members[0].optim.epochs, clock, costs)
+        reporter = make_reporter(said)
         callbacks = [[Timed(s, costs, "mlflow"), MemberTap(reporter.latest, i)]
                      for i, s in enumerate(sinks)]
         try:
@@ -110,18 +140,18 @@ def fit_seeds_fused(ctx: TrialContext, folder: TrialFolder, flat: dict, common: 
                 results = fit_pack(members, callbacks,
                                    checkpoint_dir=str(folder.trainer_dir)
                                    if ctx.checkpoint_every > 0 else None,
-                                   save_due=clock.due, after_epoch=reporter)
+                                   save_due=reporter.clock.due, after_epoch=reporter)
             return results, reporter, None
         except CheckpointError as e:
             if not folder.trainer_dir.exists():
                 raise
-            fallback = folder.start_over(f"the pack of {ctx.seeds} seeds", e)
+            fallback = folder.start_over(what, e)
             print(f"[checkpoint] trial {trial_id}: {fallback}", flush=True)
         except (ConfigError, DataError) as e:
             # refused before training: the first seed's run says why, as when the
             # seeds run in turn (the others never started)
             for i, (sink, c) in enumerate(zip(sinks, configs)):
-                if i == 0 and not sink.opened:
+                if i in speaks and not sink.opened:
                     sink.open(dict(c))
                 if sink.opened:
                     sink.close("failed", str(e))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -20,6 +21,8 @@ from ..tracking.outbox import Outbox
 from ..tracking.weights import LOG_MODEL_MAX_BYTES
 from .storage import StorageError
 
+# A fused trial's per-configuration result keys: c<j>/<key> (trial_configs).
+MEMBER_KEY = re.compile(r"^c\d+/")
 # Final metrics summarised as mean ± std over seeds in the trials table.
 FINAL_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss", "wall_time_s", "samples_per_s")
 
@@ -63,6 +66,16 @@ def trial_status(result: dict | None, error: bool = False) -> str:
     if status in ("completed", "diverged", "failed", "storage_error"):
         return status
     return "stopped" if result else "crashed"
+
+
+def member_result(result: dict, j: int) -> dict:
+    """Configuration j's result in a fused trial's: its `c<j>/` keys, bare, over the
+    trial's own keys (seed_epochs, epoch, dataset, ...) without the other
+    configurations'."""
+    prefix = f"c{j}/"
+    out = {k: v for k, v in result.items() if not MEMBER_KEY.match(k)}
+    out.update({k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)})
+    return out
 
 
 def interrupted(e: BaseException) -> tuple[str, str]:
@@ -155,15 +168,16 @@ class TrialFolder:
     def trainer_dir(self) -> Path:
         return self.work / "trainer"
 
-    def seed_done(self, final: dict, weights: Any = None) -> None:
+    def seed_done(self, final: dict, weights: Any = None, name: str | None = None) -> None:
         """Seed finished: its metrics and weights are kept, its trainer checkpoint goes
-        (the next seed starts from scratch in the same folder)."""
+        (the next seed starts from scratch in the same folder). `name`: the weights
+        file's, where the seed alone does not name it (several configurations)."""
         self.prior.append(final)
         if isinstance(weights, str):  # a checkpoint folder too large to load: referenced
             self.weights.append({"ref": weights})
         elif weights is not None:
             (self.work / "weights").mkdir(exist_ok=True)
-            rel = f"weights/state_dict_s{final.get('seed', self.seed_index)}.pt"
+            rel = f"weights/state_dict_{name or 's' + str(final.get('seed', self.seed_index))}.pt"
             torch.save(weights, self.work / rel)
             self.weights.append(rel)
         shutil.rmtree(self.trainer_dir, ignore_errors=True)
