@@ -143,6 +143,43 @@ def test_a_killed_trial_of_fused_seeds_resumes_its_pack_with_the_same_result(
             pytest.approx([h["val_loss"] for h in reference.history], rel=0, abs=1e-9)
 
 
+def test_a_killed_trial_of_fused_configurations_resumes_every_one(
+        ray_local, tmp_path, mlflow_uri):
+    """Two learning rates fused in one trial (fuse_configs), two seeds each: a
+    SIGKILL mid-run restarts the pack of four from its checkpoint, and each
+    configuration ends as its uninterrupted separate runs (float64)."""
+    epochs, cfg, lrs = 6, {**BASE, "dtype": "float64"}, [0.02, 0.05]
+    killer = KillTrial(epoch=3)
+    res = sal_ray.tune("digits", "sal", space={"lr": lrs}, sampler="grid",
+                       fixed={k: v for k, v in {**cfg, "epochs": epochs}.items() if k != "lr"},
+                       seeds=2, fuse_configs=2, tracking_uri=mlflow_uri,
+                       storage_path=tmp_path / "ray", name="kill-configs",
+                       experiment="faults-kill-configs", callbacks=[killer], verbose=0,
+                       checkpoint_every_s=0)
+    assert killer.killed is not None
+    last = rt.ExperimentAnalysis(str(tmp_path / "ray" / "kill-configs")).trials[0].last_result
+    assert 0 < last["iterations_since_restore"] < epochs and last["pid"] != killer.pid
+    rows = res.trials.sort_values("lr")
+    assert list(rows.trial_id) == [f"{killer.killed}-c0", f"{killer.killed}-c1"]
+    assert list(rows.status) == ["completed"] * 2
+    client = mlflow.MlflowClient(mlflow_uri)
+    runs = child_runs(client, "faults-kill-configs", "kill-configs")
+    assert len(runs) == 4  # re-attached, not doubled
+    for row, lr in zip(rows.itertuples(), lrs):
+        references = [fit(Config().replace(**{**cfg, "lr": lr}, epochs=epochs, seed=s))
+                      for s in (0, 1)]
+        assert row.final_val_loss_mean == pytest.approx(
+            sum(r.final["val_loss"] for r in references) / 2, rel=0, abs=1e-9)
+        mine = sorted((r for r in runs if r.data.tags["trial"] == row.trial_id),
+                      key=lambda r: int(r.data.params["seed"]))
+        for run, reference in zip(mine, references):
+            assert run.info.status == "FINISHED" and run.data.tags["pack_size"] == "4"
+            assert_complete_history(client, run, epochs)
+            history = client.get_metric_history(run.info.run_id, "val_loss")
+            assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
+                pytest.approx([h["val_loss"] for h in reference.history], rel=0, abs=1e-9)
+
+
 class CorruptAndKill(KillTrial):
     """As KillTrial, after writing garbage over the trial's checkpoints of the
     trainer in Tune's storage: the restarted trial cannot read the one it gets."""
