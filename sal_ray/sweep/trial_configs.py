@@ -53,7 +53,7 @@ class ConfigsReporter(PackReporter):
                     pick = max if mode == "max" else min
                     best[m] = pick(best.get(m, means[m]), means[m])
         overall = pack_means(list(now.values()))
-        return {**overall, **self.common, **out, "epoch": epoch, "pack_size": len(now),
+        return {**overall, **self.common, **out, "epoch": epoch, "pack_size": self.n_configs * S,
                 "pack_configs": self.n_configs, "members_training": len(now),
                 "seed_epochs": epoch * S, "trial_status": "running",
                 **{f"mean_{m}": v for m, v in best.items()}}
