@@ -18,11 +18,8 @@ sweeps (the fused trial trains each exactly as alone).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +31,7 @@ from sal_ray import Config, fit  # noqa: E402
 from sal_ray import data as datasets  # noqa: E402
 from sal_ray.models import build_net  # noqa: E402
 from step import floors, measure_rates  # noqa: E402
+from sweep_overhead import result_of  # noqa: E402 - one way to run a sweep cold
 
 SHAPE = dict(arch="mlp", depth=2, width=256, routed="first", batch_size=16, n_areas=4)
 
@@ -56,12 +54,7 @@ assert (res.trials.status == "completed").all(), res.trials.status.tolist()
 acc = dict(zip(res.trials.lr.astype(float), res.trials.final_val_acc_mean))
 print("RESULT", json.dumps({{"elapsed": elapsed, "acc": list(acc.items())}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=folder, timeout=3600)
-    found = re.search(r"^RESULT (.*)$", out.stdout, re.M)
-    if out.returncode != 0 or not found:
-        sys.exit(f"sweep failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return json.loads(found.group(1))
+    return result_of(code, folder)
 
 
 def plain_loop(lrs, seeds, epochs) -> float:

@@ -93,11 +93,19 @@ for trial in rt.ExperimentAnalysis("{folder}/ray/overhead").trials:
             costs[k[5:-2]] = costs.get(k[5:-2], 0.0) + v
 print("RESULT", json.dumps({{"elapsed": elapsed, "costs": costs}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=folder, timeout=3600)
+    return result_of(code, folder)
+
+
+def result_of(code: str, folder: str, *args: str, what: str = "sweep",
+              env: dict | None = None) -> dict:
+    """Run `code` in a fresh Python process in `folder` (Ray starts cold there, as
+    for a user) and return the JSON it printed on its `RESULT` line; exit with its
+    output if it failed."""
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         cwd=folder, timeout=3600, env=env)
     found = re.search(r"^RESULT (.*)$", out.stdout, re.M)
     if out.returncode != 0 or not found:
-        sys.exit(f"sweep failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        sys.exit(f"{what} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return json.loads(found.group(1))
 
 

@@ -27,16 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep_overhead import machine  # noqa: E402 - one description of the machine
+from sweep_overhead import machine, result_of  # noqa: E402 - one description of the
+# machine, one way to run a sweep cold
 
 GOAL_MS = 50.0
 TINY = dict(arch="mlp", depth=2, width=32, n_areas=2, routed="first", batch_size=64,
@@ -93,13 +92,9 @@ print("RESULT", json.dumps({"elapsed": elapsed, "costs": costs, "driver": groups
 def sweep(n: int) -> dict:
     """One sweep of n trials in a fresh process: Ray starts cold there, as for a user."""
     with tempfile.TemporaryDirectory() as folder:
-        out = subprocess.run([sys.executable, "-c", SWEEP, json.dumps([n, folder, TINY, lrs(n)])],
-                             capture_output=True, text=True, cwd=folder, timeout=3600,
-                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    found = re.search(r"^RESULT (.*)$", out.stdout, re.M)
-    if out.returncode != 0 or not found:
-        sys.exit(f"sweep of {n} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return json.loads(found.group(1))
+        return result_of(SWEEP, folder, json.dumps([n, folder, TINY, lrs(n)]),
+                         what=f"sweep of {n}",
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
 
 
 def slope(ns: list[int], ts: list[float]) -> float:

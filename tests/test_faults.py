@@ -119,6 +119,19 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_same_result(
         pytest.approx([h["val_loss"] for h in reference.history], rel=0, abs=1e-12)
 
 
+def assert_pack_runs(client, runs, references, epochs: int, pack_size: int):
+    """Each resumed pack member's run ended, tagged with its pack's size, with every
+    metric at each epoch once and the val_loss history of its uninterrupted
+    separate `fit` (`references`, in the same order) to 1e-9."""
+    assert len(runs) == len(references)
+    for run, reference in zip(runs, references):
+        assert run.info.status == "FINISHED" and run.data.tags["pack_size"] == str(pack_size)
+        assert_complete_history(client, run, epochs)
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
+            pytest.approx([h["val_loss"] for h in reference.history], rel=0, abs=1e-9)
+
+
 def test_a_killed_trial_of_fused_seeds_resumes_its_pack_with_the_same_result(
         ray_local, tmp_path, mlflow_uri):
     """The seeds of a trial train as one stacked model (fuse, the default): a SIGKILL
@@ -135,12 +148,7 @@ def test_a_killed_trial_of_fused_seeds_resumes_its_pack_with_the_same_result(
     runs = sorted(child_runs(client, "faults-kill-pack", "kill-pack"),
                   key=lambda r: int(r.data.params["seed"]))
     assert [r.data.params["seed"] for r in runs] == ["0", "1"]  # re-attached, not doubled
-    for run, reference in zip(runs, references):
-        assert run.info.status == "FINISHED" and run.data.tags["pack_size"] == "2"
-        assert_complete_history(client, run, epochs)
-        history = client.get_metric_history(run.info.run_id, "val_loss")
-        assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
-            pytest.approx([h["val_loss"] for h in reference.history], rel=0, abs=1e-9)
+    assert_pack_runs(client, runs, references, epochs, pack_size=2)
 
 
 def test_a_killed_trial_of_fused_configurations_resumes_every_one(
@@ -172,12 +180,7 @@ def test_a_killed_trial_of_fused_configurations_resumes_every_one(
             sum(r.final["val_loss"] for r in references) / 2, rel=0, abs=1e-9)
         mine = sorted((r for r in runs if r.data.tags["trial"] == row.trial_id),
                       key=lambda r: int(r.data.params["seed"]))
-        for run, reference in zip(mine, references):
-            assert run.info.status == "FINISHED" and run.data.tags["pack_size"] == "4"
-            assert_complete_history(client, run, epochs)
-            history = client.get_metric_history(run.info.run_id, "val_loss")
-            assert [m.value for m in sorted(history, key=lambda m: m.step)] == \
-                pytest.approx([h["val_loss"] for h in reference.history], rel=0, abs=1e-9)
+        assert_pack_runs(client, mine, references, epochs, pack_size=4)
 
 
 class CorruptAndKill(KillTrial):

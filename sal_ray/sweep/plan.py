@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from ..config import DATASETS, METHODS, OPTION_SECTION, Config, ConfigError, coerce, validate
 from ..data import DATASETS_INFO, DataError, check_available
+from ..pack.build import PER_MEMBER
 from . import checks
 from .space import DEFAULT_SPACE, Choice, Spec, candidates, parse_entry
 
@@ -32,8 +33,8 @@ RESERVED = ("dataset", "method", "seed")
 RESERVED_HOW = {"dataset": "use datasets=", "method": "use methods=",
                 "seed": "use seeds= (and fixed={'seed': first} to move the first)"}
 # What configurations fused in one trial (fuse_configs) may differ in: the pack's
-# per-member scalars (sal_ray.pack.PER_MEMBER, less the seed, which the sweep sets).
-FUSABLE = ("lr", "lr_sel", "diverge_loss")
+# per-member scalars, less the seed (the sweep sets it).
+FUSABLE = tuple(name for name in PER_MEMBER if name != "seed")
 # Where and how a run executes, not what it learns: fixed, never searched.
 UNSEARCHABLE = {"data_root": "where the data is", "download": "whether to fetch data",
                 "device": "set by resources= (a GPU share sets cuda)"}

@@ -191,8 +191,6 @@ class StudySearcher(Searcher):
             return
         known, members = state.pop("known"), state.pop("members", None)
         self.__dict__.update(state)
-        if not hasattr(self.plan, "fuse_configs"):  # a plan pickled before the option
-            self.plan.fuse_configs = 1
         self._load(known, members)
 
     def set_search_properties(self, metric, mode, config, **spec):
@@ -250,7 +248,7 @@ class StudySearcher(Searcher):
             if mid not in self.live or mid in self.told:
                 continue
             trial = self.live[mid]
-            status = trial_status(r if result is not None else None, error)
+            status = trial_status(r, error)
             values = None
             if status == "completed":
                 values = [r.get(f"mean_{m}") for m in self.plan.metrics]

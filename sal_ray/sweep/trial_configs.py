@@ -94,9 +94,7 @@ def run_configs(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: 
         return ",".join(folder.outbox.run_ids.get(k, "") for k in keys[j])
 
     if why is not None:  # the trainer refused them: every configuration failed
-        for j in range(K):
-            mark_trial(folder, keys[j], "failed", deliver=False)
-        folder.outbox.deliver(force=True)
+        mark_trial(folder, [k for mine in keys for k in mine], "failed")
         rt.report({**common, "trial_status": "failed", "message": why[:500],
                    **{f"c{j}/trial_status": "failed" for j in range(K)},
                    **{f"c{j}/mlflow_run_ids": run_ids(j) for j in range(K)}},
