@@ -20,7 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -208,7 +210,16 @@ def fit_distributed(cfg: Config, num_workers: int, use_gpu: bool = False,
             name=name, storage_path=storage_path, callbacks=_tune_callbacks(),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints)),
     )
-    ray_result = trainer.fit()
+    # Ray Train's fit() installs its own SIGINT handler and never puts the previous
+    # one back: left there, a Ctrl-C after this returned would not raise
+    # KeyboardInterrupt. Handlers exist only in the main thread.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        ray_result = trainer.fit()
+    finally:
+        if main:  # None: a handler set outside Python, which cannot be put back
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
     out = ray_result.return_value or {}
     checkpoint = ray_result.checkpoint
     local = checkpoint.path if checkpoint is not None and os.path.isdir(checkpoint.path) else None
