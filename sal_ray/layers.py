@@ -106,28 +106,42 @@ class Routing:
         return torch.zeros(self.n_areas, dtype=dtype, device=self.areas_B.device).index_add_(
             0, self.areas_B, torch.ones_like(self.areas_B, dtype=dtype))
 
-    def weight_grad(self, delta_BO):
+    def weight_grad(self, delta_BO, out=None):
         """(ΔW_NIO, Δb_NO): per-area sums of x_i^T δ_i and δ_i. Areas no sample
-        chose get exact zeros, so plain SGD leaves them bit-identical."""
+        chose get exact zeros, so plain SGD leaves them bit-identical. `out`, an
+        (N, I, O) tensor, receives ΔW in place of a new one (its old values are
+        overwritten, never added to)."""
         x_BI, areas_B, N = self.x_BI, self.areas_B, self.n_areas
         I, O = x_BI.shape[1], delta_BO.shape[1]
         if self.kind == "dense":
-            return (x_BI.T @ delta_BO).unsqueeze(0), delta_BO.sum(0, keepdim=True)
+            dW = product(x_BI.T, delta_BO, None if out is None else out[0])
+            return (dW.unsqueeze(0) if out is None else out), delta_BO.sum(0, keepdim=True)
         db_NO = delta_BO.new_zeros(N, O).index_add_(0, areas_B, delta_BO)
         if self.kind == "onehot":
-            return (self.rows.T @ delta_BO).view(N, I, O), db_NO
+            dW = product(self.rows.T, delta_BO, None if out is None else out.view(N * I, O))
+            return (dW.view(N, I, O) if out is None else out), db_NO
+        dW_NIO = delta_BO.new_zeros(N, I, O) if out is None else out
         if self.kind == "gather":
             outer_BIO = x_BI.unsqueeze(2) * delta_BO.unsqueeze(1)
-            return delta_BO.new_zeros(N, I, O).index_add_(0, areas_B, outer_BIO), db_NO
-        dW_NIO = delta_BO.new_zeros(N, I, O)
+            if out is not None:
+                out.zero_()
+            return dW_NIO.index_add_(0, areas_B, outer_BIO), db_NO
         ds = torch.split(delta_BO[self.order_B], self.counts)
-        autocast = torch.is_autocast_enabled(x_BI.device.type)
         for k in range(N):
-            if self.counts[k] and autocast:  # an out= product would bypass autocast
-                dW_NIO[k] = self.xs[k].T @ ds[k]
-            elif self.counts[k]:
-                torch.mm(self.xs[k].T, ds[k], out=dW_NIO[k])
+            if self.counts[k]:
+                product(self.xs[k].T, ds[k], dW_NIO[k])
+            elif out is not None:
+                dW_NIO[k].zero_()  # only areas no sample chose: the rest are overwritten
         return dW_NIO, db_NO
+
+
+def product(a, b, into=None):
+    """a @ b (mm or bmm), written into `into` when there is one."""
+    if into is None:
+        return a @ b
+    if torch.is_autocast_enabled(a.device.type):  # an out= product would bypass autocast
+        return into.copy_(a @ b)
+    return torch.matmul(a, b, out=into)
 
 
 def routed_linear(x_BI, weight_NIO, bias_NO, areas_B, kernel: str = "auto"):

@@ -130,11 +130,20 @@ def sal_layer_grads(layer, trace: LayerTrace, E_top_BC, onehot_BC, rule: SALRule
     # bf16: δ back to the parameter dtype, so the per-area sums (index_add_) run
     # in float32 and only the x^T δ products are autocast
     delta_BO = (grad_h_BO * activation_grad(layer.spec.activation, u_BO, phi_BO)).to(W.dtype)
-    dW, db = routing.weight_grad(delta_BO)
+    buffer = W.grad
+    if buffer is None or buffer.layout != torch.strided or buffer.shape != W.shape \
+            or buffer.dtype != W.dtype:
+        dW, db = routing.weight_grad(delta_BO)
+    else:
+        # Last step's .grad, overwritten: a new tensor of over ~32 MB (SAL-16 from
+        # width 2304) is fresh pages from the OS each step, whose first-touch
+        # faults cost more than the whole update (docs/performance.md). A pack's
+        # step clears .grad, so it always takes the branch above.
+        dW, db = routing.weight_grad(delta_BO, out=buffer)
     dW, db = dW.to(W.dtype), db.to(b.dtype)
     if rule.area_grad_scale == "area" and routing.areas_B is not None:
         scale_N = batch / routing.area_counts(db.dtype).clamp(min=1)
-        dW, db = dW * scale_N[..., None, None], db * scale_N[..., None]
+        dW, db = dW.mul_(scale_N[..., None, None]), db.mul_(scale_N[..., None])
     W.grad, b.grad = dW, db
     if z_BF is not None:
         # Selector loss CE(z, y) with z as d_f logits; x is a constant here.

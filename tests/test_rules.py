@@ -251,3 +251,57 @@ def test_kernels_agree_with_autograd(kernel):
     torch.testing.assert_close(dW, W.grad)
     torch.testing.assert_close(db, b.grad)
     assert torch.equal(dW[3], torch.zeros(5, 3))
+
+
+@pytest.mark.parametrize("kernel", ["dense", "onehot", "gather", "sorted"])
+def test_a_reused_gradient_buffer_holds_this_batch_alone(kernel):
+    # a step's ΔW written over the last step's .grad: areas used before and not
+    # now must read exact zeros, and the buffer itself is what comes back
+    from sal_ray.layers import Routing
+    g = torch.Generator().manual_seed(2)
+    N = 1 if kernel == "dense" else 4
+    x1, x2 = torch.randn(8, 5, generator=g), torch.randn(6, 5, generator=g)
+    d1, d2 = torch.randn(8, 3, generator=g), torch.randn(6, 3, generator=g)
+    a1 = None if N == 1 else torch.arange(8) % 4  # every area
+    a2 = None if N == 1 else torch.tensor([1, 1, 3, 1, 3, 3])  # areas 0 and 2 unused
+    buffer = Routing(x1, a1, N, 3, kernel).weight_grad(d1)[0].clone()
+    assert buffer.abs().min() > 0
+    fresh = Routing(x2, a2, N, 3, kernel).weight_grad(d2)
+    reused = Routing(x2, a2, N, 3, kernel).weight_grad(d2, out=buffer)
+    assert reused[0].data_ptr() == buffer.data_ptr()
+    assert torch.equal(reused[0], fresh[0]) and torch.equal(reused[1], fresh[1])
+    if N > 1:
+        assert torch.equal(buffer[[0, 2]], torch.zeros(2, 5, 3))
+
+
+@pytest.mark.parametrize("kind", ["dense", "onehot", "gather", "sorted", "padded"])
+def test_a_pack_reuses_its_gradient_buffer_exactly(kind):
+    from sal_ray.pack.routing import PackRouting
+    g = torch.Generator().manual_seed(4)
+    M, N, B, I, O = 2, 1 if kind == "dense" else 4, 6, 5, 3
+    x1, x2 = torch.randn(M, B, I, generator=g), torch.randn(M, B, I, generator=g)
+    d1, d2 = torch.randn(M, B, O, generator=g), torch.randn(M, B, O, generator=g)
+    a1 = None if N == 1 else torch.arange(M * B).view(M, B) % N
+    a2 = None if N == 1 else torch.tensor([[1, 1, 3, 1, 3, 3], [0, 0, 0, 0, 0, 2]])
+    buffer = PackRouting(x1, a1, N, O, kind).weight_grad(d1)[0].clone()
+    fresh = PackRouting(x2, a2, N, O, kind).weight_grad(d2)
+    reused = PackRouting(x2, a2, N, O, kind).weight_grad(d2, out=buffer)
+    assert reused[0].data_ptr() == buffer.data_ptr()
+    assert torch.equal(reused[0], fresh[0]) and torch.equal(reused[1], fresh[1])
+
+
+def test_the_rule_writes_each_step_over_the_last_steps_gradient():
+    # from the second step on, .grad is the same storage, holding that step's ΔW
+    net = small_net(kernel="sorted")
+    x1, y1 = batch(seed=1)
+    x2, y2 = batch(seed=2)
+    sal_grads(net, x1, y1)
+    storage = net.layers[0].areas.weight.grad.data_ptr()
+    sal_grads(net, x2, y2)
+    fresh = copy.deepcopy(net)
+    for p in fresh.parameters():
+        p.grad = None
+    sal_grads(fresh, x2, y2)
+    assert net.layers[0].areas.weight.grad.data_ptr() == storage
+    for p, q in zip(net.parameters(), fresh.parameters()):
+        assert torch.equal(p.grad, q.grad)

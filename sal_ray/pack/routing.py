@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import pick_kernel
+from ..layers import pick_kernel, product
 
 # auto on the CPU, for a pack: the one-hot product while the pack's multiply-adds
 # (M·N·B·I·O) stay under this, else the padded one. Measured on Digits' first layer
@@ -115,32 +115,35 @@ class PackRouting:
         return torch.zeros(M * self.n_areas, dtype=dtype, device=ones.device).index_add_(
             0, self.flat, ones).view(M, self.n_areas)
 
-    def weight_grad(self, delta_MBO):
+    def weight_grad(self, delta_MBO, out=None):
         """(ΔW_MNIO, Δb_MNO): per member and area, Σ x_i^T δ_i and Σ δ_i. Areas
-        no sample of a member chose get exact zeros."""
+        no sample of a member chose get exact zeros. `out`, an (M, N, I, O)
+        tensor, receives ΔW in place of a new one (see `layers.Routing`)."""
         x, N = self.x_BI, self.n_areas
         M, B, I = x.shape
         O = delta_MBO.shape[-1]
         if self.kind == "dense":
-            return torch.bmm(x.mT, delta_MBO).unsqueeze(1), delta_MBO.sum(1).unsqueeze(1)
+            dW = product(x.mT, delta_MBO, None if out is None else out.view(M, I, O))
+            return dW.view(M, 1, I, O), delta_MBO.sum(1).unsqueeze(1)
         d_RO = delta_MBO.reshape(M * B, O)
         db = delta_MBO.new_zeros(M * N, O).index_add_(0, self.flat, d_RO).view(M, N, O)
+        flat_out = None if out is None else out.view(M * N, I, O)
         if self.kind == "onehot":
-            return torch.bmm(self.rows.mT, delta_MBO).view(M, N, I, O), db
+            dW = product(self.rows.mT, delta_MBO, None if out is None else out.view(M, N * I, O))
+            return dW.view(M, N, I, O), db
         if self.kind == "gather":
             outer_RIO = x.reshape(M * B, I, 1) * d_RO.unsqueeze(1)
-            dW = delta_MBO.new_zeros(M * N, I, O).index_add_(0, self.flat, outer_RIO)
-            return dW.view(M, N, I, O), db
+            dW = delta_MBO.new_zeros(M * N, I, O) if out is None else flat_out.zero_()
+            return dW.index_add_(0, self.flat, outer_RIO).view(M, N, I, O), db
         if self.kind == "padded":
             d_GCO = delta_MBO.new_zeros(M * N, self.x_GCI.shape[1], O).index_put(
                 (self.group, self.pos), d_RO[self.order])
-            return torch.bmm(self.x_GCI.mT, d_GCO).view(M, N, I, O), db
-        dW = delta_MBO.new_zeros(M * N, I, O)
+            return product(self.x_GCI.mT, d_GCO, flat_out).view(M, N, I, O), db
+        dW = delta_MBO.new_zeros(M * N, I, O) if out is None else flat_out
         ds = torch.split(d_RO[self.order], self.counts)
-        autocast = torch.is_autocast_enabled(x.device.type)
         for g in range(M * N):
-            if self.counts[g] and autocast:  # an out= product would bypass autocast
-                dW[g] = self.xs[g].T @ ds[g]
-            elif self.counts[g]:
-                torch.mm(self.xs[g].T, ds[g], out=dW[g])
+            if self.counts[g]:
+                product(self.xs[g].T, ds[g], dW[g])
+            elif out is not None:
+                dW[g].zero_()  # only groups no sample chose: the rest are overwritten
         return dW.view(M, N, I, O), db
