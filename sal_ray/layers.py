@@ -59,7 +59,7 @@ def _onehot_rows(x_BI: torch.Tensor, areas_B: torch.Tensor, n_areas: int) -> tor
     """(B, N·I) with x_i in block areas_B[i] and zeros elsewhere."""
     B, I = x_BI.shape
     index = areas_B.view(B, 1, 1).expand(B, 1, I)
-    x_BNI = x_BI.new_zeros(B, n_areas, I).scatter(1, index, x_BI.unsqueeze(1))
+    x_BNI = x_BI.new_zeros(B, n_areas, I).scatter_(1, index, x_BI.unsqueeze(1))
     return x_BNI.view(B, n_areas * I)
 
 

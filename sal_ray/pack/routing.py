@@ -58,7 +58,7 @@ class PackRouting:
         self.flat = (areas_MB + offsets_M1).reshape(M * B)  # (member, area) per row
         if self.kind == "onehot":
             index = areas_MB.view(M, B, 1, 1).expand(M, B, 1, I)
-            x_MBNI = x_MBI.new_zeros(M, B, n_areas, I).scatter(2, index, x_MBI.unsqueeze(2))
+            x_MBNI = x_MBI.new_zeros(M, B, n_areas, I).scatter_(2, index, x_MBI.unsqueeze(2))
             self.rows = x_MBNI.view(M, B, n_areas * I)
         elif self.kind == "sorted":
             self.order = torch.argsort(self.flat, stable=True)
