@@ -26,13 +26,12 @@ import math
 import torch
 from torch import nn
 
-# `python benchmarks/step.py --threads 1 --kernel-table` (2026-12-02, shared 2-core
+# `python benchmarks/step.py --threads 1 --kernel-table` (2026-12-03, shared 2-core
 # sandbox, 7 rounds; docs/performance.md), batch 16, width 256, fastest layout:
-#   n_areas 16: d_in 64 sorted (onehot 1.04x), 256..9216 sorted (onehot 1.2-1.6x)
-#   n_areas 4:  d_in 64, 256 onehot (sorted 1.02-1.15x), 784..9216 sorted
-# gather was never fastest (1.3-8.7x). So on the CPU: onehot up to this many
-# multiply-adds N*B*I*O (4.2M: every onehot win, and SAL-16 at 64 within 1.04x),
-# sorted beyond it.
+#   n_areas 16: d_in 64 onehot (sorted 1.06x), 256..9216 sorted (onehot 1.06-1.46x)
+#   n_areas 4:  d_in 64, 256 onehot (sorted 1.06-1.18x), 784..9216 sorted (onehot 1.02-1.22x)
+# gather was never fastest (1.16-11.6x). So on the CPU: onehot up to this many
+# multiply-adds N*B*I*O (4.2M: exactly SAL-16 at 64 and SAL-4 at 256), sorted beyond.
 ONEHOT_MAX_MACS = 1 << 22
 
 

@@ -198,5 +198,6 @@ def make_optimizer(net: Net, cfg: Config) -> torch.optim.Optimizer:
     groups = [{"params": rest, "lr": cfg.optim.lr}]
     if selectors:
         groups.append({"params": selectors, "lr": cfg.sal.lr_sel or cfg.optim.lr})
-    # foreach: one fused update over all tensors instead of a Python loop per tensor
+    # torch takes its foreach update (one call over all tensors) on CUDA by default;
+    # on the CPU it measured no faster than the loop (SAL-16, Digits: 102 vs 97 µs)
     return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=0.0)
