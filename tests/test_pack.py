@@ -94,3 +94,27 @@ def test_fuse_false_runs_members_one_by_one_and_layouts_refuse_a_pack():
     assert_same(fit_pack(cfgs), [fit(c) for c in cfgs])
     with pytest.raises(ConfigError, match="layout='data' cannot run a pack"):
         check_layout(Config(), "data", 2, pack=5)
+
+
+def test_a_member_the_scheduler_stops_keeps_its_weights_and_stays_stopped(tmp_path):
+    # after_epoch asks member 1 to stop after epoch 1: it ends "stopped" with the
+    # weights of a 1-epoch run, the other trains on exactly; a checkpoint keeps it so
+    base = Config().replace(n_areas=4, **TINY)
+    cfgs = [base.replace(seed=0), base.replace(seed=1, lr=0.02)]
+    asked = []
+
+    def after_epoch(epoch, folder):
+        asked.append(epoch)
+        return [(1, "stopped by the scheduler")] if epoch == 1 else []
+
+    pack = fit_pack(cfgs, checkpoint_dir=str(tmp_path), after_epoch=after_epoch)
+    assert asked == [1, 2, 3]
+    assert pack[1].status == "stopped" and pack[1].message == "stopped by the scheduler"
+    assert len(pack[1].history) == 1
+    one_epoch = fit(cfgs[1].replace(epochs=1))
+    for k, v in one_epoch.net.state_dict().items():
+        assert (pack[1].net.state_dict()[k] - v).abs().max().item() <= 1e-12, k
+    assert_same(pack[:1], [fit(cfgs[0])])
+    again = fit_pack([c.replace(epochs=4) for c in cfgs], checkpoint_dir=str(tmp_path))
+    assert again[1].status == "stopped" and len(again[1].history) == 1
+    assert len(again[0].history) == 4

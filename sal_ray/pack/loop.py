@@ -127,9 +127,11 @@ def evaluate_pack(pack: Pack, x, y) -> tuple[list[float], list[float]]:
     return (loss_sum / n).tolist(), (correct.double() / n).tolist()
 
 
-def _stop(pack: Pack, m: int, why: str) -> None:
+def _stop(pack: Pack, m: int, why: str, status: str = "diverged") -> None:
+    """Member m trains no more (diverged, or stopped by its sweep's scheduler): its
+    weights as they are now are its result, and the pack stops updating it."""
     member = pack.members[m]
-    member.status, member.message = "diverged", why
+    member.status, member.message = status, why
     unstack_into(pack.net, m, member.run.net)  # the weights it stopped with
     pack.optimizer.freeze(m)
     zero_member(pack.net, m)
@@ -152,7 +154,8 @@ def fit_pack(configs: Sequence[Config], callbacks: Sequence[Sequence[Callback]] 
     trial saves by the clock) and after the last, and resumed from.
     `on_epoch_end(m, metrics, folder)` runs after each epoch of each live member,
     `after_epoch(epoch, folder)` once per epoch after every member's callbacks (a
-    sweep's trial reports the pack to Tune there).
+    sweep's trial reports the pack to Tune there); it may return `(m, why)` pairs:
+    those members stop there, with status "stopped" (a scheduler's decision).
     """
     configs = list(configs)
     cbs = [list(c) for c in callbacks] or [[] for _ in configs]
@@ -227,9 +230,11 @@ def fit_pack(configs: Sequence[Config], callbacks: Sequence[Sequence[Callback]] 
             if on_epoch_end is not None:
                 on_epoch_end(m, {**metrics, **results[m].counts}, folder)
         if after_epoch is not None:
-            after_epoch(epoch, folder)
+            for m, why in after_epoch(epoch, folder) or ():
+                if pack.members[m].status == "running":
+                    _stop(pack, m, why, "stopped")
     for m, (member, result) in enumerate(zip(pack.members, results)):
-        if member.status != "diverged":
+        if member.status not in ("diverged", "stopped"):
             unstack_into(pack.net, m, member.run.net)
             member.status = "completed"
         result.status, result.message, result.history = member.status, member.message, \

@@ -16,6 +16,8 @@ from .. import checkpoint
 from ..config import ConfigError
 
 PACK_CHECKPOINT = "pack.pt"
+# members that stopped before the last epoch, with the weights they stopped with
+ENDED_EARLY = ("diverged", "stopped")
 
 
 def save_pack(pack, folder: str, epoch: int) -> str:
@@ -23,7 +25,7 @@ def save_pack(pack, folder: str, epoch: int) -> str:
     os.makedirs(folder, exist_ok=True)
     members = [{"config": m.run.cfg.to_flat(), "history": m.history, "status": m.status,
                 "message": m.message,
-                "stopped_net": m.run.net.state_dict() if m.status == "diverged" else None}
+                "stopped_net": m.run.net.state_dict() if m.status in ENDED_EARLY else None}
                for m in pack.members]
     return checkpoint.atomic_save({"epoch": epoch, "members": members,
                                    "net": pack.net.state_dict(),
@@ -49,10 +51,11 @@ def load_pack(pack, folder: str) -> int:
         checkpoint.check_config(s["config"], m.run.cfg, folder)
     pack.net.load_state_dict(state["net"])
     for i, (m, s) in enumerate(zip(pack.members, saved)):
-        # a completed member goes on when more epochs are asked for; a diverged one stays
+        # a completed member goes on when more epochs are asked for; one that diverged
+        # or was stopped stays so
         m.history, m.message = list(s["history"]), s["message"]
-        m.status = "diverged" if s["status"] == "diverged" else "running"
-        if s["status"] == "diverged":
+        m.status = s["status"] if s["status"] in ENDED_EARLY else "running"
+        if s["status"] in ENDED_EARLY:
             m.run.net.load_state_dict(s["stopped_net"])
             pack.optimizer.freeze(i)
     checkpoint.restore_rng(state.get("rng"), pack.device)
