@@ -33,12 +33,15 @@ def test_the_plan_counts_tune_trials_and_says_so():
     ({"fuse_configs": True}, "must be a positive integer"),
     ({"fuse_configs": 2, "space": {"lr": [0.1, 0.2], "n_areas": [2, 4]}},
      "digits/sal searches n_areas, which they must share"),
-    ({"fuse_configs": 2, "scheduler": "asha"}, "cannot run under a scheduler"),
+    ({"fuse_configs": 2, "scheduler": "fifo_object"}, "cannot run under a FIFOScheduler"),
     ({"fuse_configs": 2, "resources": {"workers": 2, "cpu": 1}}, "not on Ray Train workers"),
     ({"fuse_configs": 2, "fixed": {"fuse": False}}, "fixes fuse=false"),
 ])
 def test_what_cannot_fuse_is_refused_by_name(kwargs, said):
     args = {"space": {"lr": [0.1, 0.2]}, "sampler": "grid", **kwargs}
+    if args.get("scheduler") == "fifo_object":  # a Ray scheduler stops whole trials
+        from ray.tune.schedulers import FIFOScheduler
+        args["scheduler"] = FIFOScheduler()
     with pytest.raises(ConfigError, match="fuse_configs") as e:
         plan("digits", "sal", data="skip", **args)
     assert said in str(e.value)
@@ -52,6 +55,7 @@ def test_a_fused_trials_result_splits_into_its_configurations():
                                       "trial_status": "diverged", "mean_val_acc": 0.5}
     assert member_result(last, 1)["mean_val_acc"] == 0.9
     assert member_result(last, 10)["mean_val_acc"] == 0.1
+    assert "mean_val_acc" not in member_result(last, 2)  # not the best configuration's
     rec = {"trial_id": "t1", "config": {"dataset": "digits", "method": "sal",
                                         "configs": [{"lr": 0.1}, {"lr": 0.2}]},
            "last": last, "status": "completed", "error": "", "checkpoint": "ck"}
@@ -116,3 +120,70 @@ def test_fused_configurations_are_the_trials_they_would_be_apart(ray_session, tm
                     row.final_val_acc_mean, abs=1e-12)
                 assert r.data.tags.get("model_logged") == "true"
                 assert r.info.status == "FINISHED"
+
+
+@pytest.mark.ray
+def test_asha_stops_each_fused_configuration_on_its_own(ray_session, tmp_path):
+    # one Tune trial of two configurations; at the first rung ASHA stops the one
+    # that barely learns (lr 1e-7): its seeds stop in the pack, the other trains on
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = sal_ray.tune("digits", "sal", space={"lr": [0.1, 1e-7]}, sampler="grid",
+                       fixed={**FIXED, "epochs": 4}, seeds=1, experiment="fused-asha",
+                       name="fc-asha", tracking_uri=uri, num_cpus=2,
+                       storage_path=str(tmp_path / "ray"), verbose=0, fuse_configs=2,
+                       scheduler={"grace_period": 1, "reduction_factor": 2})
+    t = res.trials.sort_values("lr", ascending=False).reset_index(drop=True)
+    assert len({tid.rsplit("-c", 1)[0] for tid in t.trial_id}) == 1  # one Tune trial
+    assert list(t.status) == ["completed", "stopped"]
+    assert list(t.seed_epochs) == [4, 1]
+    assert t.mean_val_acc[0] > t.mean_val_acc[1]  # what each reached, its own
+    (study,) = res.studies.values()
+    told = {tr.params["lr"]: (tr.state.name, sorted(tr.intermediate_values))
+            for tr in study.get_trials()}
+    assert told == {0.1: ("COMPLETE", [1, 2, 3, 4]), 1e-7: ("PRUNED", [1])}
+    client = mlflow.MlflowClient(uri)
+    runs = {r.data.tags["trial"]: r for r in client.search_runs(
+        [res.experiment_id], filter_string="tags.sweep = 'fc-asha'")
+        if r.data.tags.get("mlflow.parentRunId") == res.parent_run_id}
+    good, bad = runs[t.trial_id[0]], runs[t.trial_id[1]]
+    assert (good.info.status, good.data.tags["trial_status"]) == ("FINISHED", "completed")
+    assert (bad.info.status, bad.data.tags["trial_status"]) == ("KILLED", "stopped")
+    assert len(client.get_metric_history(good.info.run_id, "val_acc")) == 4
+    assert len(client.get_metric_history(bad.info.run_id, "val_acc")) == 1
+
+
+@pytest.mark.ray
+def test_a_resumed_driver_puts_its_stops_on_a_new_board(ray_session):
+    # the decisions travel with the searcher's pickle; the board is the driver's
+    # and dies with it, so the next driver's board gets them again
+    import pickle
+    import time
+
+    import ray
+
+    from sal_ray.sweep.stops import ConfigASHA, board_name, stopped_configs
+    p = plan("digits", "sal", {"lr": [0.1, 1e-7]}, sampler="grid", fuse_configs=2,
+             data="skip", fixed={"epochs": 4}, name="asha-board",
+             scheduler={"grace_period": 1, "reduction_factor": 2})
+    first = ConfigASHA(p)
+    for j in (0, 1):
+        first.add(f"t1-c{j}")
+    first.result("t1", 0, "t1-c0", {"seed_epochs": 1, "mean_val_acc": 0.9})
+    first.result("t1", 1, "t1-c1", {"seed_epochs": 1, "mean_val_acc": 0.1})
+    assert stopped_configs(p.name, "t1") == [1] and first.stopped == {"t1-c1"}
+    again = pickle.loads(pickle.dumps(first))
+    ray.kill(first.board)
+    del first
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(board_name(p.name))
+        except ValueError:
+            break
+        time.sleep(0.1)
+    assert stopped_configs(p.name, "t1") == []  # the old driver's board is gone
+    again.board  # noqa: B018 - the new driver's
+    assert stopped_configs(p.name, "t1") == [1]
+    again.result("t1", 1, "t1-c1", {"seed_epochs": 2, "mean_val_acc": 0.1})  # decided once
+    assert again.stopped == {"t1-c1"}

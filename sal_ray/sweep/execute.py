@@ -12,7 +12,6 @@ from typing import Callable
 
 import ray
 from ray import tune as rt
-from ray.tune.schedulers import ASHAScheduler
 
 from ..tracking import store, ui_link
 from ..tracking.sink import FLUSH_EVERY_S
@@ -24,6 +23,7 @@ from .options import RunOptions
 from .plan import Plan
 from .results import SweepResults, best_and_pareto, trial_records, trials_table
 from .searcher import StudySearcher
+from .stops import asha
 from .storage import StorageError, storage_failure, sweep_folder
 from .trial import run_trial
 from .trial_state import TrialContext, tune_trial_name
@@ -108,7 +108,8 @@ def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_
                        else opts.flush_every_s,
                        checkpoint_every=opts.checkpoint_every,
                        checkpoint_every_s=opts.checkpoint_every_s, store_env=dict(store_env),
-                       system_metrics_s=opts.system_metrics_s or 0.0)
+                       system_metrics_s=opts.system_metrics_s or 0.0,
+                       config_stops=p.fuse_configs > 1 and isinstance(p.scheduler, dict))
     resources = {k: v for k, v in p.resources.items() if (v or k == "cpu") and k != "workers"}
     max_concurrent = opts.max_concurrent
     if p.workers > 1:
@@ -126,17 +127,6 @@ def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_
             fits = min(fits, int(have.get("GPU", 0) // p.workers))
         max_concurrent = max(1, min(max_concurrent or fits, fits))
     return ctx, resources, max_concurrent
-
-
-def asha(p: Plan, settings: dict) -> ASHAScheduler:
-    """ASHA over seed-epochs (`seed_epochs`: every epoch of every seed trained, whether
-    a trial runs its seeds in turn or as one pack)."""
-    max_t = p.seeds * p.max_epochs
-    settings = {k: v for k, v in settings.items() if k != "name"}
-    settings.setdefault("grace_period", max(1, max_t // 4))
-    settings.setdefault("reduction_factor", 3)
-    return ASHAScheduler(time_attr="seed_epochs", metric=f"mean_{p.metrics[0]}",
-                         mode=p.modes[0], max_t=max_t, stop_last_trials=False, **settings)
 
 
 def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id: str,
@@ -164,7 +154,9 @@ def fit_tuner(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_id
         db.unlink(missing_ok=True)
         with runtime.QuietEngines(opts.verbose):
             searcher = StudySearcher(p, storage_mod.optuna_url(storage, p.name))
-        scheduler = asha(p, p.scheduler) if isinstance(p.scheduler, dict) else p.scheduler
+        # fused configurations: ASHA decides per configuration, in the searcher (stops)
+        scheduler = None if p.fuse_configs > 1 else \
+            asha(p, p.scheduler) if isinstance(p.scheduler, dict) else p.scheduler
         tuner = rt.Tuner(
             trainable,
             tune_config=rt.TuneConfig(search_alg=searcher, scheduler=scheduler,

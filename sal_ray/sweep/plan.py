@@ -92,7 +92,9 @@ class Plan:
                  f"objective {', '.join(f'{m} ({o})' for m, o in zip(self.metrics, self.modes))}"]
         if self.fuse_configs > 1:
             lines.append(f"  up to {self.fuse_configs} configurations fused per Tune trial "
-                         f"({self.tune_trials} Tune trial(s), each one stacked model)")
+                         f"({self.tune_trials} Tune trial(s), each one stacked model)"
+                         + ("; ASHA stops each configuration on its own"
+                            if isinstance(self.scheduler, dict) else ""))
         for s in self.studies:
             searched = ", ".join(f"{k}={v.describe()}" for k, v in s.space.items()) or "nothing"
             lines.append(f"  {s.key}: {s.budget} trial(s), searching {searched}")
@@ -219,16 +221,19 @@ def check_data(studies: list[Study], refuse: bool = True) -> list[str]:
 def check_fusable(k, studies: list[Study], scheduler, resources: dict) -> None:
     """fuse_configs=k > 1 puts k configurations of a study in one Tune trial, trained
     as one stacked model (sal_ray.pack): they must share its shape, so a study may
-    search only FUSABLE options; the trial must train in one process; and no
-    scheduler may stop it, since a Tune scheduler stops whole trials and would end
-    every configuration on one's result."""
+    search only FUSABLE options; the trial must train in one process; and its
+    scheduler can only be ASHA by name or settings, which then decides for each
+    configuration (sweep/stops.py). A Ray TrialScheduler object stops whole
+    trials, so it would end every configuration on one's result."""
     checks.positive_int("fuse_configs", k)
     if k == 1:
         return
-    if scheduler is not None:
+    if scheduler is not None and not isinstance(scheduler, dict):
         raise ConfigError("fuse_configs", f"{k} configurations per trial cannot run under a "
-                          "scheduler (it stops whole Tune trials, so one configuration's "
-                          "result would stop them all): use scheduler=None, or fuse_configs=1")
+                          f"{type(scheduler).__name__} (a Tune scheduler stops whole trials, "
+                          "so one configuration's result would stop them all): use "
+                          "scheduler='asha' or a dict of ASHA settings, which decide per "
+                          "configuration, or fuse_configs=1")
     if resources.get("workers", 1) > 1:
         raise ConfigError("fuse_configs", "configurations fuse in one process, not on Ray "
                           "Train workers: use fuse_configs=1 with resources' workers > 1")

@@ -14,6 +14,8 @@ With `fuse_configs` k > 1, one Tune trial carries k configurations of one study
 (`{"configs": [params, ...]}`), each its own Optuna trial: the trial reports each
 one's objective under `c<j>/` (`trial_configs`), and each Optuna trial hears its
 own values, steps and end. Every configuration is a "member", `<tune id>-c<j>`.
+Under ASHA, each member's results also go to Ray's ASHA, which stops members
+alone (`stops.ConfigASHA`: Tune itself then runs no scheduler).
 
 The studies live in Optuna's RDB storage, one SQLite file per sweep beside Tune's
 (storage.optuna_db): `optuna-dashboard sqlite:///...` watches a running sweep, and
@@ -37,6 +39,7 @@ from ray.tune.search import Searcher
 from ..config import ConfigError
 from .plan import Plan
 from .space import Choice, Float, Spec
+from .stops import ConfigASHA
 from .trial_state import member_result, trial_status
 
 STATES = {"completed": TrialState.COMPLETE, "diverged": TrialState.PRUNED,
@@ -117,6 +120,9 @@ class StudySearcher(Searcher):
             self.studies[s.key] = study
         self.known: dict[str, tuple[str, int]] = {}  # member -> (study, trial number)
         self.members: dict[str, list[str]] = {}  # Tune trial id -> its members
+        # fused configurations under ASHA: Ray's ASHA decides for each one (stops)
+        self.config_asha = ConfigASHA(plan) if plan.fuse_configs > 1 and \
+            isinstance(plan.scheduler, dict) else None
         self._index()
 
     def _index(self) -> None:
@@ -182,7 +188,8 @@ class StudySearcher(Searcher):
     def __getstate__(self):
         # Searcher's own state (_metric, _mode), and which trial is which: no study
         return {"plan": self.plan, "storage_url": self.storage_url, "known": dict(self.known),
-                "members": dict(self.members), "_metric": self._metric, "_mode": self._mode}
+                "members": dict(self.members), "config_asha": self.config_asha,
+                "_metric": self._metric, "_mode": self._mode}
 
     def __setstate__(self, state):
         if "known" not in state:  # pickled before the studies were stored: they are in it
@@ -190,6 +197,7 @@ class StudySearcher(Searcher):
             self.plan = state.get("plan") or self.__dict__.get("plan")
             return
         known, members = state.pop("known"), state.pop("members", None)
+        self.config_asha = None  # pickled before configurations had their own ASHA
         self.__dict__.update(state)
         self._load(known, members)
 
@@ -215,6 +223,8 @@ class StudySearcher(Searcher):
             self.live[mid] = trial
             self.known[mid] = (study.key, trial.number)
             params.append(trial.params)
+            if self.config_asha is not None:
+                self.config_asha.add(mid)
         self.members[trial_id] = mids
         common = {"dataset": study.dataset, "method": study.method}
         return {**common, "configs": params} if fused else {**common, **params[0]}
@@ -228,12 +238,16 @@ class StudySearcher(Searcher):
         return [(mid, member_result(result, j)) for j, mid in enumerate(mids)]
 
     def on_trial_result(self, trial_id, result):
+        members = [(j, mid, r) for j, (mid, r) in enumerate(self._member_results(trial_id, result))
+                   if mid in self.live and mid not in self.told]
+        if self.config_asha is not None:
+            for j, mid, r in members:
+                if f"mean_{self.plan.metrics[0]}" in r:  # it trained this epoch
+                    self.config_asha.result(trial_id, j, mid, r)
         # intermediate values (single objective only, in Optuna) rank pruned trials
         if len(self.plan.metrics) > 1:
             return
-        for mid, r in self._member_results(trial_id, result):
-            if mid not in self.live or mid in self.told:
-                continue
+        for _, mid, r in members:
             value = r.get(f"mean_{self.plan.metrics[0]}")
             step = r.get("seed_epochs", r.get("training_iteration"))
             if isinstance(value, (int, float)) and math.isfinite(value) and step is not None:
@@ -257,6 +271,8 @@ class StudySearcher(Searcher):
             trial.set_user_attr("status", status)
             trial.study.tell(trial, values, state=STATES.get(status, TrialState.FAIL))
             self.told[mid] = status
+            if self.config_asha is not None:
+                self.config_asha.complete(mid, r, status)
 
     def save(self, checkpoint_path):
         try:

@@ -10,7 +10,9 @@ and status. Tune hears one report per epoch for the whole trial, with each
 configuration's running means under `c<j>/` (`mean_<metric>` over its seeds
 still training), which the searcher hands to each configuration's own Optuna
 trial (`searcher.member_result`). A configuration whose seed diverges ends
-diverged; the others train on to the end.
+diverged; the others train on to the end. Under ASHA, each configuration is
+stopped on its own (sweep/stops.py): its seeds stop in the pack, and their runs
+end stopped, with what they had reached.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ray import tune as rt
 
 from ..config import Config
 from .costs import CheckpointClock, Costs
+from .stops import stopped_configs
 from .trial_pack import PackReporter, fit_fused, pack_means
 from .trial_runs import keep_seed, log_trial_summary, mark_trial, penalty, seed_sink
 from .trial_state import TrialContext, TrialFolder, config_key, run_key, trial_summary
@@ -32,9 +35,25 @@ class ConfigsReporter(PackReporter):
     (`c<j>/...`); the trial's own `mean_<metric>` is its best configuration's."""
 
     def __init__(self, ctx: TrialContext, folder: TrialFolder, common: dict, epochs: int,
-                 clock: CheckpointClock, costs: Costs, n_configs: int):
+                 clock: CheckpointClock, costs: Costs, n_configs: int, trial_id: str):
         super().__init__(ctx, folder, common, epochs, clock, costs)
-        self.n_configs = n_configs
+        self.n_configs, self.trial_id = n_configs, trial_id
+        self.means: dict[int, dict] = {}  # configuration -> its last mean_<metric>s
+        self.stopped: set[int] = set()    # configurations ASHA stopped
+
+    def __call__(self, epoch: int, folder: str | None):
+        """Report the epoch; then the members of every configuration ASHA has
+        stopped since (sweep/stops.py) stop, as (member, why) for fit_pack."""
+        super().__call__(epoch, folder)
+        if not self.ctx.config_stops or epoch >= self.epochs:
+            return []
+        S, out = self.ctx.seeds, []
+        for j in stopped_configs(self.ctx.sweep, self.trial_id):
+            if j not in self.stopped:
+                self.stopped.add(j)
+                why = f"stopped by the scheduler (ASHA, per configuration) after epoch {epoch}"
+                out += [(m, why) for m in range(j * S, (j + 1) * S)]
+        return out
 
     def payload(self, epoch: int, now: dict[int, dict]) -> dict:
         S, out = self.ctx.seeds, {}
@@ -46,7 +65,8 @@ class ConfigsReporter(PackReporter):
             means = pack_means(mine)
             out.update({f"c{j}/{k}": means[k] for k in (*SHOWN, *self.ctx.metrics)
                         if k in means})
-            out.update({f"c{j}/mean_{m}": means[m] for m in self.ctx.metrics if m in means})
+            self.means[j] = {f"mean_{m}": means[m] for m in self.ctx.metrics if m in means}
+            out.update({f"c{j}/{k}": v for k, v in self.means[j].items()})
             out[f"c{j}/members_training"] = len(mine)
             for m, mode in zip(self.ctx.metrics, self.ctx.modes):
                 if m in means:
@@ -84,7 +104,7 @@ def run_configs(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: 
 
     def reporter(said: dict) -> ConfigsReporter:
         return ConfigsReporter(ctx, folder, said, Config.from_flat(members[0]).optim.epochs,
-                               clock, costs, K)
+                               clock, costs, K, trial_id)
 
     results, rep, why = fit_fused(ctx, folder, members, common, costs, make_sink, reporter,
                                   trial_id, f"the pack of {K} configurations x {S} seeds",
@@ -110,6 +130,9 @@ def run_configs(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: 
             ends[j] = {"trial_status": r.status,
                        "message": f"seed {ctx.base_seed + i}: {r.message}"[:500],
                        **{f"mean_{m}": penalty(mo) for m, mo in zip(ctx.metrics, ctx.modes)}}
+            ends[j]["seed_epochs"] = sum(len(x.history) for x in mine)  # its own, not the trial's
+            if r.status == "stopped":  # by ASHA, all its seeds: what it had reached
+                ends[j].update(message=r.message, **rep.means.get(j, {}))
             continue
         saved = len(folder.weights)
         for i, r in enumerate(mine):

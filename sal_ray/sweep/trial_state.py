@@ -55,6 +55,7 @@ class TrialContext:
     # into the environment of the processes that talk to the store
     store_env: dict = field(default_factory=dict)
     system_metrics_s: float = 0.0  # MLflow system metrics sampled this often; 0: off
+    config_stops: bool = False   # fused configurations under ASHA: read sweep/stops' board
 
 
 def trial_status(result: dict | None, error: bool = False) -> str:
@@ -71,9 +72,11 @@ def trial_status(result: dict | None, error: bool = False) -> str:
 def member_result(result: dict, j: int) -> dict:
     """Configuration j's result in a fused trial's: its `c<j>/` keys, bare, over the
     trial's own keys (seed_epochs, epoch, dataset, ...) without the other
-    configurations'."""
+    configurations'. The trial's own objectives (`mean_*`: its best configuration's)
+    are not configuration j's: a configuration that stopped has none."""
     prefix = f"c{j}/"
-    out = {k: v for k, v in result.items() if not MEMBER_KEY.match(k)}
+    out = {k: v for k, v in result.items()
+           if not MEMBER_KEY.match(k) and not k.startswith("mean_")}
     out.update({k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix)})
     return out
 
