@@ -13,7 +13,7 @@ from typing import Callable
 import ray
 from ray import tune as rt
 
-from ..tracking import store, ui_link
+from ..tracking import store
 from ..tracking.sink import FLUSH_EVERY_S
 from . import head, parent, placement, ray_compat, record, runtime, signals
 from . import storage as storage_mod
