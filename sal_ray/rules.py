@@ -138,7 +138,7 @@ def sal_layer_grads(layer, trace: LayerTrace, E_top_BC, onehot_BC, rule: SALRule
         # Last step's .grad, overwritten: a new tensor of over ~32 MB (SAL-16 from
         # width 2304) is fresh pages from the OS each step, whose first-touch
         # faults cost more than the whole update (docs/performance.md). A pack's
-        # step clears .grad, so it always takes the branch above.
+        # stacked layers take this branch too (PackRouting.weight_grad).
         dW, db = routing.weight_grad(delta_BO, out=buffer)
     dW, db = dW.to(W.dtype), db.to(b.dtype)
     if rule.area_grad_scale == "area" and routing.areas_B is not None:

@@ -173,7 +173,7 @@ def test_a_resumed_driver_puts_its_stops_on_a_new_board(ray_session):
     first.result("t1", 1, "t1-c1", {"seed_epochs": 1, "mean_val_acc": 0.1})
     assert stopped_configs(p.name, "t1") == [1] and first.stopped == {"t1-c1"}
     again = pickle.loads(pickle.dumps(first))
-    ray.kill(first.board)
+    ray.kill(first.handle())
     del first
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -183,7 +183,7 @@ def test_a_resumed_driver_puts_its_stops_on_a_new_board(ray_session):
             break
         time.sleep(0.1)
     assert stopped_configs(p.name, "t1") == []  # the old driver's board is gone
-    again.board  # noqa: B018 - the new driver's
+    again.handle()  # the new driver's
     assert stopped_configs(p.name, "t1") == [1]
     again.result("t1", 1, "t1-c1", {"seed_epochs": 2, "mean_val_acc": 0.1})  # decided once
     assert again.stopped == {"t1-c1"}

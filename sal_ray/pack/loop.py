@@ -24,7 +24,7 @@ from ..rules import autocast, full_precision, make_optimizer
 from ..trainer import (ONE_PROCESS, Callback, Layout, Run, RunResult, check_folder,
                        divergence, fit, resolve_device, usage_metrics)
 from .build import PackNet, check_pack, stack_nets, unstack_into, zero_member
-from .state import load_pack, save_pack
+from .state import ENDED_EARLY, load_pack, save_pack
 from .step import PackSGD, make_pack_rule, member_losses
 
 
@@ -234,7 +234,7 @@ def fit_pack(configs: Sequence[Config], callbacks: Sequence[Sequence[Callback]] 
                 if pack.members[m].status == "running":
                     _stop(pack, m, why, "stopped")
     for m, (member, result) in enumerate(zip(pack.members, results)):
-        if member.status not in ("diverged", "stopped"):
+        if member.status not in ENDED_EARLY:
             unstack_into(pack.net, m, member.run.net)
             member.status = "completed"
         result.status, result.message, result.history = member.status, member.message, \

@@ -109,7 +109,7 @@ def trial_setup(p: Plan, opts: RunOptions, uri: str, experiment_id: str, parent_
                        checkpoint_every=opts.checkpoint_every,
                        checkpoint_every_s=opts.checkpoint_every_s, store_env=dict(store_env),
                        system_metrics_s=opts.system_metrics_s or 0.0,
-                       config_stops=p.fuse_configs > 1 and isinstance(p.scheduler, dict))
+                       config_stops=p.asha_per_config)
     resources = {k: v for k, v in p.resources.items() if (v or k == "cpu") and k != "workers"}
     max_concurrent = opts.max_concurrent
     if p.workers > 1:

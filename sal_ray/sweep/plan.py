@@ -78,6 +78,12 @@ class Plan:
         return sum(s.budget for s in self.studies)
 
     @property
+    def asha_per_config(self) -> bool:
+        """Fused configurations under ASHA: it decides for each one (sweep/stops.py),
+        and Tune itself runs no scheduler."""
+        return self.fuse_configs > 1 and isinstance(self.scheduler, dict)
+
+    @property
     def tune_trials(self) -> int:
         """Tune trials that run them: `fuse_configs` configurations each."""
         k = self.fuse_configs
@@ -94,7 +100,7 @@ class Plan:
             lines.append(f"  up to {self.fuse_configs} configurations fused per Tune trial "
                          f"({self.tune_trials} Tune trial(s), each one stacked model)"
                          + ("; ASHA stops each configuration on its own"
-                            if isinstance(self.scheduler, dict) else ""))
+                            if self.asha_per_config else ""))
         for s in self.studies:
             searched = ", ".join(f"{k}={v.describe()}" for k, v in s.space.items()) or "nothing"
             lines.append(f"  {s.key}: {s.budget} trial(s), searching {searched}")

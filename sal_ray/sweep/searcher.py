@@ -121,8 +121,7 @@ class StudySearcher(Searcher):
         self.known: dict[str, tuple[str, int]] = {}  # member -> (study, trial number)
         self.members: dict[str, list[str]] = {}  # Tune trial id -> its members
         # fused configurations under ASHA: Ray's ASHA decides for each one (stops)
-        self.config_asha = ConfigASHA(plan) if plan.fuse_configs > 1 and \
-            isinstance(plan.scheduler, dict) else None
+        self.config_asha = ConfigASHA(plan) if plan.asha_per_config else None
         self._index()
 
     def _index(self) -> None:

@@ -79,8 +79,8 @@ class ConfigASHA:
     def __getstate__(self):
         return {**self.__dict__, "_board": None}  # a handle is this driver's alone
 
-    @property
-    def board(self):
+    def handle(self):
+        """This driver's board handle, made (and given every earlier stop) on first use."""
         if self._board is None:
             self._board = board(self.sweep)
             # a resumed driver's board is new: what it decided before goes on it again,
@@ -91,7 +91,7 @@ class ConfigASHA:
         return self._board
 
     def add(self, member: str) -> None:
-        self.board  # noqa: B018 - made by the driver, before any trial looks for it
+        self.handle()  # made by the driver, before any trial looks for it
         self.scheduler.on_trial_add(None, _Member(member))
 
     def result(self, trial_id: str, j: int, member: str, result: dict) -> None:
@@ -101,7 +101,7 @@ class ConfigASHA:
             return
         if self.scheduler.on_trial_result(None, _Member(member), result) == TrialScheduler.STOP:
             self.stopped.add(member)
-            ray.get(self.board.stop.remote(trial_id, j))
+            ray.get(self.handle().stop.remote(trial_id, j))
 
     def complete(self, member: str, result: dict, status: str) -> None:
         """The configuration ended. Only a completed one's last result is recorded
