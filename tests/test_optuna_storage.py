@@ -86,3 +86,76 @@ def test_resume_refuses_when_the_studies_file_is_gone(tmp_path):
     storage.optuna_db(str(tmp_path), p.name).unlink()
     with pytest.raises(ConfigError, match="Optuna studies of sweep 'stored' are not at"):
         pickle.loads(blob)
+
+
+def long_grid_plan():
+    return plan(["digits"], ["sal"], {"lr": [0.01 * (i + 1) for i in range(7)]},
+                sampler="grid", fixed={"epochs": 2}, data="skip", name="long")
+
+
+def states(url: str) -> list[str]:
+    study = optuna.load_study(study_name="long/digits/sal", storage=url)
+    return [t.state.name for t in study.trials]
+
+
+def test_a_long_grid_waits_a_few_points_at_a_time_and_asks_each_once_in_order(
+        tmp_path, monkeypatch):
+    """Every ask reads every waiting trial: the queue holds GRID_AHEAD points, not
+    the whole grid, so a grid of N points does not cost O(N^2)."""
+    from sal_ray.sweep import searcher
+    monkeypatch.setattr(searcher, "GRID_AHEAD", 2)
+    p = long_grid_plan()
+    url = storage.optuna_url(str(tmp_path), p.name)
+    (tmp_path / ".sweeps").mkdir()
+    s = StudySearcher(p, url)
+    assert states(url) == ["WAITING"] * 2
+    asked = [s.suggest(f"t{i}")["lr"] for i in range(3)]
+    assert states(url) == ["RUNNING"] * 3 + ["WAITING"] * 2  # one in, one out
+    asked += [s.suggest(f"t{i}")["lr"] for i in range(3, 7)]
+    assert s.suggest("t7") is StudySearcher.FINISHED
+    assert asked == [0.01 * (i + 1) for i in range(7)]
+    assert states(url) == ["RUNNING"] * 7
+
+
+def test_a_resumed_long_grid_queues_each_point_it_has_not_yet_held_once(
+        tmp_path, monkeypatch):
+    """A resumed searcher works out which points are still to queue from the
+    stored trials: the ones asked, waiting, lost (queued again) or from a sweep
+    that queued its whole grid at once are not queued twice."""
+    from sal_ray.sweep import searcher
+    p = long_grid_plan()
+    url = storage.optuna_url(str(tmp_path), p.name)
+    (tmp_path / ".sweeps").mkdir()
+    monkeypatch.setattr(searcher, "GRID_AHEAD", 2)
+    s = StudySearcher(p, url)
+    first = [s.suggest(f"t{i}")["lr"] for i in range(2)]
+    s.on_trial_complete("t0", {"mean_val_acc": 0.8, "trial_status": "completed"})
+    checkpoint = tmp_path / "searcher.pkl"
+    s.save(str(checkpoint))                 # Tune's last checkpoint knows t0, t1
+    lost = s.suggest("t2")["lr"]            # asked after it: lost on resume
+    again = pickle.loads(pickle.dumps(s))
+    again.restore(str(checkpoint))
+    resumed = []
+    while (c := again.suggest(f"u{len(resumed)}")) is not StudySearcher.FINISHED:
+        resumed.append(c["lr"])
+    grid = [0.01 * (i + 1) for i in range(7)]
+    assert lost == grid[2] and lost in resumed  # the lost point is asked again
+    assert sorted(first + resumed) == grid and len(resumed) == 5  # every point once
+    study = optuna.load_study(study_name="long/digits/sal", storage=url)
+    assert [t.user_attrs.get("status") for t in study.trials
+            if t.state == TrialState.FAIL] == ["lost"]
+
+    # a sweep from before the window: its whole grid waits in the queue already
+    url2 = storage.optuna_url(str(tmp_path), "long2")
+    p2 = plan(["digits"], ["sal"], {"lr": grid}, sampler="grid", fixed={"epochs": 2},
+              data="skip", name="long2")
+    monkeypatch.setattr(searcher, "GRID_AHEAD", 100)
+    old = StudySearcher(p2, url2)
+    before = [old.suggest(f"t{i}")["lr"] for i in range(2)]
+    monkeypatch.setattr(searcher, "GRID_AHEAD", 2)
+    back = pickle.loads(pickle.dumps(old))
+    after = []
+    while (c := back.suggest(f"u{len(after)}")) is not StudySearcher.FINISHED:
+        after.append(c["lr"])
+    assert before + after == grid
+    assert len(optuna.load_study(study_name="long2/digits/sal", storage=url2).trials) == 7

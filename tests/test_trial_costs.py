@@ -50,6 +50,23 @@ def test_the_clock_checkpoints_at_most_once_per_interval_and_at_each_seed_end(cl
     assert not clock.due(8) and not clock.ship(8, last=False)
 
 
+def test_the_trials_last_report_carries_a_checkpoint_only_where_one_is_worth_it(clock_time):
+    """A trial that ends within the interval of the clock's last checkpoint (or of
+    its start) carries none, unless MLflow writes still wait in it: a crash
+    before Tune saves its state redoes no more than the clock allows anyway."""
+    clock = CheckpointClock(every=1, every_s=10.0)
+    clock_time.now += 3.0
+    assert not clock.final(pending=False)
+    assert clock.final(pending=True)  # the driver delivers what waits in it
+    clock_time.now += 9.0  # 9 s since that one
+    assert not clock.final(pending=False)
+    clock_time.now += 1.0
+    assert clock.final(pending=False)
+    never = CheckpointClock(every=0, every_s=0.0)
+    clock_time.now += 100.0
+    assert not never.final(pending=False) and never.final(pending=True)
+
+
 def test_the_clock_keeps_the_epoch_interval_and_zero_means_never(clock_time):
     every2 = CheckpointClock(every=2, every_s=0.0)
     assert [e for e in range(1, 7) if every2.due(e) and every2.ship(e, last=False)] == [2, 4, 6]

@@ -85,6 +85,19 @@ class CheckpointClock:
             self.saved = epoch
         return ok
 
+    def final(self, pending: bool) -> bool:
+        """Does the trial's last report carry a checkpoint? Where MLflow writes still
+        wait in it (`pending`: the driver delivers them), or where `every_s` has
+        passed since the last one; otherwise not, and a sweep killed before Tune saves
+        its state redoes the trial, which loses no more than this clock allows. Each
+        trial checkpoint makes Tune save the whole experiment's state at once
+        (`CheckpointConfig(num_to_keep=1)`, O(trials) a save): one per trial made a
+        sweep of N tiny trials cost O(N^2)."""
+        if not pending and (self.every <= 0 or time.monotonic() - self.last < self.every_s):
+            return False
+        self.last = time.monotonic()
+        return True
+
     def ship(self, epoch: int, last: bool) -> bool:
         """Asked by the reporter after `epoch`: does this report carry a checkpoint?"""
         if self.every <= 0 or not (last or self.saved == epoch):

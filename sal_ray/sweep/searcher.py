@@ -19,7 +19,8 @@ alone (`stops.ConfigASHA`: Tune itself then runs no scheduler).
 
 The studies live in Optuna's RDB storage, one SQLite file per sweep beside Tune's
 (storage.optuna_db): `optuna-dashboard sqlite:///...` watches a running sweep, and
-a resumed sweep continues them with `optuna.load_study`.
+a resumed sweep continues them with `optuna.load_study`. A grid's points wait in
+its study's queue (`enqueue_trial`), the next `GRID_AHEAD` of them at a time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import copy
 import math
 import pickle
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,15 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from ..config import ConfigError
-from .plan import Plan
+from .plan import Plan, Study
 from .space import Choice, Float, Spec
 from .stops import ConfigASHA
 from .trial_state import member_result, trial_status
+
+# How many grid points wait in a study's queue ahead of its asks (the dashboard
+# shows them WAITING). Each `ask` reads every waiting trial, so a whole grid
+# queued at once made a sweep of N points cost O(N^2): 27 ms per ask at N = 200.
+GRID_AHEAD = 16
 
 STATES = {"completed": TrialState.COMPLETE, "diverged": TrialState.PRUNED,
           "stopped": TrialState.PRUNED}
@@ -115,9 +122,10 @@ class StudySearcher(Searcher):
                 storage=self.rdb, directions=directions, study_name=f"{plan.name}/{s.key}",
                 sampler=optuna_sampler(plan.sampler, i, s.budget, plan.base_seed))
             study.set_user_attr("sweep", plan.name)
-            for point in s.grid or ():
-                study.enqueue_trial(point)
             self.studies[s.key] = study
+        self.queued = {s.key: list(s.grid) for s in plan.studies if s.grid}
+        for key in self.queued:
+            self._top_up(key, GRID_AHEAD)
         self.known: dict[str, tuple[str, int]] = {}  # member -> (study, trial number)
         self.members: dict[str, list[str]] = {}  # Tune trial id -> its members
         # fused configurations under ASHA: Ray's ASHA decides for each one (stops)
@@ -143,6 +151,40 @@ class StudySearcher(Searcher):
             if frozen.state.is_finished():
                 self.told[tid] = frozen.user_attrs.get("status", frozen.state.name.lower())
 
+    def _top_up(self, key: str, n: int = 1) -> None:
+        """Queue the next `n` grid points of study `key` (as many as are left)."""
+        for point in self.queued[key][:n]:
+            self.studies[key].enqueue_trial(point)
+        del self.queued[key][:n]
+
+    def _unqueued(self, spec: Study) -> list[dict]:
+        """The points of `spec`'s grid that no trial stored in its study holds yet,
+        in grid order. A trial holds the point it was given (where Optuna's own
+        `enqueue_trial(..., skip_if_exists=True)` looks), except one told "lost",
+        whose point was queued again as a trial of its own. Values compare as the
+        study's distributions store them (an lr of 1 is the float 1.0 asked)."""
+        dists = {k: distribution(v) for k, v in spec.space.items()}
+
+        def held_key(point: dict) -> str:
+            def stored(name, value):
+                try:
+                    return dists[name].to_internal_repr(value)
+                except (KeyError, ValueError, TypeError):
+                    return repr(value)
+            return repr(sorted((k, stored(k, v)) for k, v in point.items()))
+
+        held = Counter(held_key(t.system_attrs.get("fixed_params", t.params))
+                       for t in self.studies[spec.key].get_trials(deepcopy=False)
+                       if t.user_attrs.get("status") != "lost")
+        left = []
+        for point in spec.grid:
+            k = held_key(point)
+            if held[k] > 0:
+                held[k] -= 1
+            else:
+                left.append(point)
+        return left
+
     def _load(self, known: dict[str, tuple[str, int]],
               members: dict[str, list[str]] | None = None) -> None:
         """Continue the stored studies (`optuna.load_study`, with fresh samplers: a
@@ -163,6 +205,8 @@ class StudySearcher(Searcher):
                 study_name=name, storage=self.rdb,
                 sampler=optuna_sampler(self.plan.sampler, i, s.budget, self.plan.base_seed,
                                        restart=held))
+        self.queued = {s.key: self._unqueued(s)
+                       for s in self.plan.studies if s.grid}
         self._index()
         # Tune unpickles this searcher, then restores its last checkpoint (`restore`):
         # which trials are lost is known only after both, at the next suggest
@@ -216,6 +260,8 @@ class StudySearcher(Searcher):
         mids = [f"{trial_id}-c{j}" for j in range(n)] if fused else [trial_id]
         params = []
         for mid in mids:
+            if study.key in self.queued:
+                self._top_up(study.key)  # one in, one out: the queue keeps its length
             trial = self.studies[study.key].ask(self.dists[study.key])
             trial.set_user_attr("tune_trial_id", mid)
             self.asked[study.key] += 1

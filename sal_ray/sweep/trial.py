@@ -242,7 +242,7 @@ def run_seeds(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: st
         folder.outbox.deliver(force=True)
     last = reporter.last if reporter is not None and reporter.last else {}
     with costs.timed("checkpoint"):
-        kept = folder.checkpoint()
+        kept = folder.final_checkpoint(clock)
     rt.report({**last, **common, **final, "trial_status": "completed",
                "mlflow_run_ids": run_ids(ctx.seeds), **costs.report()}, checkpoint=kept)
 

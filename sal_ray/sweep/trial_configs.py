@@ -145,7 +145,7 @@ def run_configs(config: dict, ctx: TrialContext, folder: TrialFolder, trial_id: 
         folder.outbox.deliver(force=True)
     last = rep.last or {}
     with costs.timed("checkpoint"):
-        kept = folder.checkpoint()
+        kept = folder.final_checkpoint(clock)
     said = {f"c{j}/{k}": v for j, end in ends.items() for k, v in end.items()}
     said.update({f"c{j}/mlflow_run_ids": run_ids(j) for j in range(K)})
     rt.report({**last, **common, **said, "trial_status": "completed",

@@ -200,6 +200,11 @@ class TrialFolder:
                                f"{e.strerror or e}") from e
         return rt.Checkpoint.from_directory(str(self.work))
 
+    def final_checkpoint(self, clock) -> rt.Checkpoint | None:
+        """The checkpoint of the trial's last report, where `clock` (a
+        `costs.CheckpointClock`) says it needs one."""
+        return self.checkpoint() if clock.final(self.outbox.pending > 0) else None
+
     def discard_trainer_checkpoint(self) -> None:
         shutil.rmtree(self.trainer_dir, ignore_errors=True)
 
