@@ -56,7 +56,8 @@ def test_a_full_disk_under_the_storage_stops_the_sweep_and_says_where(ray_local,
         sal_ray.tune("digits", ["sal"], {"lr": [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]},
                      sampler="grid", fixed=SMALL, tracking_uri=uri,
                      storage_path=small_disk / "ray", name="full", experiment="full-disk",
-                     max_concurrent=1, verbose=1)
+                     max_concurrent=1, verbose=1,
+                     checkpoint_every_s=0)  # every trial's end checkpoints: the disk fills
     assert "No space left on device" in str(info.value)
     out = capsys.readouterr().out
     (line,) = [x for x in out.splitlines() if x.startswith("[storage]")]
