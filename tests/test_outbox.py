@@ -161,21 +161,30 @@ def test_writes_of_one_run_go_in_one_batch_and_a_refused_one_drops_alone(store, 
     assert [op["op"] for op in box.ops] == ["metrics", "artifact", "end"]
     box.metrics(sink.key, writes.metric_list({"trial_x": 1.0}, 0))
     box.tags(sink.key, {"model_logged": "true"})
-    batches, single = [], []
-    real_batch, real_tags = writes.log_batch, writes.log_tags
+    box.artifact_text(sink.key, "{}", "model/reference.json")
+    box.tags(sink.key, {"after_the_file": "1"})
+    batches, single, files = [], [], []
+    real_batch, real_tags, real_metrics = writes.log_batch, writes.log_tags, writes.log_metrics
     monkeypatch.setattr(writes, "log_batch", lambda *a, **kw: (batches.append(kw),
                                                               real_batch(*a, **kw)))
     monkeypatch.setattr(writes, "log_tags", lambda *a: (single.append(a), real_tags(*a)))
+    monkeypatch.setattr(writes, "log_metrics", lambda *a: (single.append(a), real_metrics(*a)))
+    real_file = mlflow.MlflowClient.log_artifact
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifact", lambda self, run_id, path, where:
+                        (files.append((len(batches), where)), real_file(self, run_id, path, where)))
     before = box.written  # the create and the params, at the start
-    assert box.deliver(force=True) and box.written == before + 5
-    # the metrics alone before the file, then end, metrics and tags in one batch
+    assert box.deliver(force=True) and box.written == before + 7
+    # metrics, end, metrics and both tags in one batch; the run's files after it
     assert len(batches) == 1 and not single
-    assert batches[0]["tags"] == {"status": "completed", "model_logged": "true"}
+    assert batches[0]["tags"] == {"status": "completed", "model_logged": "true",
+                                  "after_the_file": "1"}
+    assert {m.key for m in batches[0]["metrics"]} >= {"val_loss", "trial_x"}
+    assert files == [(1, ""), (1, "model")]
     run = client.get_run(sink.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
     assert run.data.tags["model_logged"] == "true" and run.data.metrics["trial_x"] == 1.0
     assert steps(client, sink.run_id, "val_loss") == [1, 2]
-    assert [a.path for a in client.list_artifacts(sink.run_id)] == ["area_usage.json"]
+    assert [a.path for a in client.list_artifacts(sink.run_id)] == ["area_usage.json", "model"]
 
     # a merged write the store refuses for good: sent again one by one, only the bad
     # op is dropped (the run is uncertain: nothing it holds is sent twice)
@@ -231,3 +240,23 @@ def test_an_artifact_written_on_another_node_is_dropped_not_left_to_block(tmp_pa
         {"op": "tags", "key": "k", "tags": {"a": "1"}}]})
     assert [op.get("file") for op in here.ops] == ["files/s1/area_usage.json", None]
     assert here.dropped == ["artifact files/s2/area_usage.json for k: written on another node"]
+
+
+def test_a_short_runs_system_metrics_sample_goes_with_its_last_writes(store, monkeypatch):
+    """A run shorter than the sampling interval still gets MLflow's system metrics
+    sample (MLflow's own loop would drop it), written in the run's last batch
+    rather than by a write of its own."""
+    pytest.importorskip("psutil")
+    uri, exp, client = store
+    batches = []
+    real = mlflow.MlflowClient.log_batch
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", lambda self, run_id, *a, **kw: (
+        batches.append({m.key for m in kw.get("metrics", ())}), real(self, run_id, *a, **kw)))
+    sink = MLflowSink(uri, exp, flush_every_s=3600, system_metrics_s=5.0)
+    fit(CFG.replace(epochs=1), [sink])
+    run = client.get_run(sink.run_id)
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(
+        sink.run_id, "system/cpu_utilization_percentage")] == [0]
+    sampled = [b for b in batches if any(k.startswith("system/") for k in b)]
+    assert len(sampled) == 1 and "final_val_acc" in sampled[0]

@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from .writes import metric_list
+
 try:  # MLflow's monitors import psutil: without it a run has no system metrics, nothing else
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 except ImportError as e:
@@ -122,16 +124,33 @@ class SystemMetrics:
                                                  run_id, e)
             self.monitor = None
 
-    def stop(self) -> None:
-        if self.monitor is not None:
-            try:
-                self.monitor.finish()
-                # the sample taken since the last one logged: MLflow's loop drops it
-                # on shutdown, which would leave a run shorter than interval_s bare
-                left = self.monitor.aggregate_metrics()
-                if left:
-                    self.monitor.publish_metrics(left)
-                    self.monitor.mlflow_logger.flush()
-            except Exception:  # noqa: BLE001 - samples are best effort
-                pass
-            self.monitor = None
+    def stop(self) -> list:
+        """Ends the sampling. Returns the sample taken since the last one logged, as
+        `Metric`s named and stepped as MLflow's own (`system/...`), for the caller
+        to write with the run's last writes: MLflow's loop drops it on shutdown,
+        which would leave a run shorter than interval_s bare, and a write of its
+        own cost a SQLite store ~6 ms per run."""
+        monitor, self.monitor = self.monitor, None
+        if monitor is None:
+            return []
+        try:
+            monitor.finish()
+            left = monitor.aggregate_metrics()
+            if not left:
+                return []
+            caught = _Caught()
+            monitor.mlflow_logger = caught  # publish_metrics names and steps, we write
+            monitor.publish_metrics(left)
+            return caught.metrics
+        except Exception:  # noqa: BLE001 - samples are best effort
+            return []
+
+
+class _Caught:
+    """Stands in for a monitor's metrics logger: keeps what it is given."""
+
+    def __init__(self):
+        self.metrics: list = []
+
+    def record_metrics(self, metrics: dict, step: int) -> None:
+        self.metrics += metric_list(metrics, step)

@@ -8,7 +8,9 @@
 Every write a training run makes (create the run, params, per-epoch metrics,
 tags, artifacts, its end) is an op here. `deliver()` sends the ops in order and
 stops at the first one the store does not take; the rest wait for the next call
-(after a back-off, so an outage costs training no time). The outbox is plain
+(after a back-off, so an outage costs training no time). One exception to the
+order: a run's params, metrics, tags and end that wait together go as one write,
+and its files among them follow that write. The outbox is plain
 JSON plus the artifact files in its folder: a sweep trial's checkpoint holds it,
 so writes pending when a trial is killed or the server is down are delivered by
 the restarted trial, by the driver when the sweep ends, or on resume.
@@ -164,25 +166,27 @@ class Outbox:
     def deliver(self, force: bool = False) -> bool:
         """Send what waits, in order; True when nothing is left. Never raises for an
         unreachable store: the ops stay, `error` says why, the next call (after a
-        back-off unless `force`) tries again. Consecutive params, metrics, tags and
-        end of one run the store is known to hold nothing of go as one log_batch:
-        each write costs a SQLite store ~4 ms of CPU before its first row."""
+        back-off unless `force`) tries again. The params, metrics, tags and end of
+        one run the store is known to hold nothing of, waiting together, go as one
+        log_batch (its files among them after it): each write costs a SQLite store
+        ~4 ms of CPU before its first row."""
         if not self.ops:
             return True
         if not force and time.monotonic() < self._next_try:
             return False
         while self.ops:
             op = self.ops[0]
-            n = self._mergeable()
+            merged = self._mergeable()
             try:
-                if n > 1:
-                    self._send_merged(self.ops[:n])
-                    self.written += n
-                    del self.ops[:n]
+                if len(merged) > 1:
+                    self._send_merged([self.ops[i] for i in merged])
+                    self.written += len(merged)
+                    for i in reversed(merged):
+                        del self.ops[i]
                     continue
                 self.written += bool(self._send(op))
             except Exception as e:  # noqa: BLE001 - any failure: keep the op for later
-                if _permanent(e) and n > 1:
+                if _permanent(e) and len(merged) > 1:
                     # one of them is bad: the run is uncertain now (the store may have
                     # taken some), so they go one at a time and only that one drops
                     self.uncertain.add(op["key"])
@@ -204,16 +208,23 @@ class Outbox:
         self._failures, self.error, self.disk_full = 0, "", ""
         return True
 
-    def _mergeable(self) -> int:
-        """How many ops from the first go in one log_batch: writes of one run that
-        exists and holds nothing uncertain, within MLflow's batch limits."""
+    def _mergeable(self) -> list[int]:
+        """Which ops, from the first, go in one log_batch: the writes of one run that
+        exists and holds nothing uncertain, within MLflow's batch limits. The run's
+        files among them are passed over and go after it: a file between two writes
+        split them in two (a trial's area usage matrix sat between its last metrics
+        and its end, each write ~8 ms of a SQLite store's CPU)."""
         key = self.ops[0]["key"]
         if key not in self.run_ids or key in self.uncertain:
-            return 0
+            return []
         counts = {"params": 0, "metrics": 0, "tags": 0}
-        n = 0
-        for op in self.ops:
-            if op["key"] != key or op["op"] not in MERGED:
+        merged = []
+        for i, op in enumerate(self.ops):
+            if op["key"] != key:
+                break
+            if op["op"] == "artifact":
+                continue
+            if op["op"] not in MERGED:
                 break
             size = {"params": len(op.get("params", ())), "metrics": len(op.get("metrics", ())),
                     "tags": len(op.get("tags", ())) + (2 if op["op"] == "end" else 0)}
@@ -221,8 +232,9 @@ class Outbox:
             if after["params"] > writes.PARAMS_PER_BATCH or after["tags"] > \
                     writes.PARAMS_PER_BATCH or sum(after.values()) > writes.METRICS_PER_BATCH:
                 break
-            counts, n = after, n + 1
-        return n
+            counts = after
+            merged.append(i)
+        return merged
 
     def _send_merged(self, ops: list[dict]) -> None:
         """One log_batch for `ops` (later values win, as sent one by one), then the

@@ -159,13 +159,11 @@ class MLflowSink(Callback):
 
     def record_ending(self) -> None:
         """The run's cost and its area usage matrix, before its end: sampling stops."""
-        if self._system is not None:
-            self._system.stop()
-            self._system = None
+        samples = self._system.stop() if self._system is not None else []
+        self._system = None
         cost = self.meter.metrics()
-        if cost:
-            last = self.history[-1] if self.history else {}
-            self.outbox.metrics(self.key, metric_list(cost, int(last.get("epoch", 0))))
+        last = self.history[-1] if self.history else {}
+        self.outbox.metrics(self.key, samples + metric_list(cost, int(last.get("epoch", 0))))
         if usage.matrix(self.history) is None:
             return
         if self.outbox.folder is None:  # a sink's own outbox: a folder for the one file
