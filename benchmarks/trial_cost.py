@@ -12,6 +12,9 @@ Where the time goes: every trial reports its own timers (`cost_*_s` in its last
 Tune result: the MLflow writes, Tune's reports and checkpoints, the trainer), and
 the driver runs under cProfile, its time grouped by the package it is spent in
 (Ray, Optuna, MLflow, sal_ray) -- what a trial costs the driver between trials.
+And the CPU one more trial takes, from /proc/stat (every process: the driver, the
+trials, Ray's own) and the driver's process time: on two busy cores, half the
+machine's CPU per trial is the least wall time a trial can add.
 
 Goal: one more trial <= 50 ms of wall time, two at a time. Run from the
 repository root:
@@ -57,12 +60,18 @@ def plain_loop(n: int) -> float:
 
 
 SWEEP = r"""
-import cProfile, json, pstats, sys, time
+import cProfile, json, os, pstats, sys, time
 import sal_ray
 from ray import tune as rt
 n, folder, tiny, lrs = json.loads(sys.argv[1])
+
+def busy_s():  # CPU seconds every process on the machine has used (Ray's own too)
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
 prof = cProfile.Profile()
-t0 = time.perf_counter()
+t0, c0, b0 = time.perf_counter(), time.process_time(), busy_s()
 prof.enable()
 res = sal_ray.tune(["digits"], ["sal"], {"lr": lrs}, sampler="grid", fixed=tiny, seeds=1,
                    num_cpus=2, max_concurrent=2, tracking_uri=f"sqlite:///{folder}/mlflow.db",
@@ -70,6 +79,7 @@ res = sal_ray.tune(["digits"], ["sal"], {"lr": lrs}, sampler="grid", fixed=tiny,
                    verbose=0)
 prof.disable()
 elapsed = time.perf_counter() - t0
+cpu = {"driver": time.process_time() - c0, "machine": busy_s() - b0}
 assert (res.trials.status == "completed").all(), res.trials.status.tolist()
 assert len(res.runs()) == n
 costs = {}
@@ -85,7 +95,7 @@ for (path, _, name), (_, _, tt, _, _) in pstats.Stats(prof).stats.items():
             break
     else:
         groups["other"] = groups.get("other", 0.0) + tt
-print("RESULT", json.dumps({"elapsed": elapsed, "costs": costs, "driver": groups}))
+print("RESULT", json.dumps({"elapsed": elapsed, "costs": costs, "driver": groups, "cpu": cpu}))
 """
 
 
@@ -134,6 +144,15 @@ def main() -> None:
     print(f"  one more trial in the sweep:    {per_trial:6.1f} ms   "
           f"({per_trial / per_loop:.1f} x the loop's run; goal <= {GOAL_MS:.0f} ms)"
           + (f"; spread over rounds up to {100 * max(spread):.0f} %" if args.repeat > 1 else ""))
+    # CPU, not wall: what one more trial costs the machine's cores, all processes
+    # (driver, trials, Ray's raylet and GCS) and the driver alone. With two cores
+    # busy, half the machine's figure is the least wall time a trial can add.
+    fastest = [min(swept[n], key=lambda s: s["elapsed"]) for n in ns]
+    machine_ms = slope(ns, [s["cpu"]["machine"] for s in fastest]) * 1e3
+    driver_ms = slope(ns, [s["cpu"]["driver"] for s in fastest]) * 1e3
+    print(f"  CPU of one more trial:          {machine_ms:6.1f} ms on the machine "
+          f"(floor on 2 cores: {machine_ms / 2:.1f} ms of wall), {driver_ms:.1f} ms of it "
+          f"the driver's")
     biggest = max(ns)
     best = min(swept[biggest], key=lambda s: s["elapsed"])
     print(f"\n  where a trial's time goes (N={biggest}, mean over trials, in the trial's process):")
