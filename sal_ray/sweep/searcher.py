@@ -238,6 +238,7 @@ class StudySearcher(Searcher):
         if "known" not in state:  # pickled before the studies were stored: they are in it
             self.__dict__.update(state)
             self.plan = state.get("plan") or self.__dict__.get("plan")
+            self.__dict__.setdefault("queued", {})  # its grids were queued whole
             return
         known, members = state.pop("known"), state.pop("members", None)
         self.config_asha = None  # pickled before configurations had their own ASHA
