@@ -4,9 +4,13 @@ multi-GPU box without Ray (`spawn`, `spawn_fit`)."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
+import sys
 import tempfile
+import time
+import traceback
 from typing import Callable, Sequence
 
 import torch
@@ -51,20 +55,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, use_gpu, threads, fn, args, out):
+class WorkerError(RuntimeError):
+    """A spawned worker raised: the message is the first failure's traceback (a
+    worker that failed only because a peer left names that after it)."""
+
+
+def _worker(rank, world, port, use_gpu, threads, fn, args, out, errors):
+    # a C++ abort (gloo, nccl) then prints every thread's Python stack, not just
+    # "terminate called": the parent sees only the signal
+    faulthandler.enable()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if use_gpu:
         torch.cuda.set_device(rank)
     else:
         torch.set_num_threads(threads)
     dist.init_process_group("nccl" if use_gpu else "gloo", rank=rank, world_size=world)
+    # On failure the group is left as it is (destroying it while a peer is still
+    # in a collective can hang or abort before the error is reported).
+    group = Group.current(torch.device("cuda", rank) if use_gpu else "cpu")
     try:
-        group = Group.current(torch.device("cuda", rank) if use_gpu else "cpu")
         value = fn(group, *args)
-        if group.is_main:
-            torch.save(value, out)
-    finally:
-        dist.destroy_process_group()
+    except Exception:
+        # stamped, so that the parent names the first failure, not the peer that
+        # then lost its connection to it
+        record = os.path.join(errors, f"worker-{rank}.txt")
+        with open(record + ".tmp", "w") as f:  # whole or absent: the parent may
+            f.write(f"{time.time()!r}\n{traceback.format_exc()}")  # stop us mid-write
+        os.replace(record + ".tmp", record)
+        raise
+    if group.is_main:
+        torch.save(value, out)
+    # No worker tears down while another is still in a collective with it; then
+    # the process ends without interpreter finalization, where gloo's worker
+    # threads, still holding their last work, can abort the process
+    # (SIGABRT, "terminate called without an active exception") after the work
+    # is done. That is how a forked multiprocessing child ends too.
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(fn: Callable, world: int, *args, use_gpu: bool = False, threads: int = 1):
@@ -73,11 +103,31 @@ def spawn(fn: Callable, world: int, *args, use_gpu: bool = False, threads: int =
     by name (a module-level function)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rank0.pt")
-        mp.spawn(_worker, args=(world, free_port(), use_gpu, threads, fn, args, out),
-                 nprocs=world, join=True)
+        try:
+            mp.spawn(_worker, args=(world, free_port(), use_gpu, threads, fn, args, out, tmp),
+                     nprocs=world, join=True)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+            raise _first_failure(tmp, e) from e
         # not a checkpoint: the return value (e.g. RunResults with their nets) that
         # our own child process just wrote to our private temporary folder
         return torch.load(out, weights_only=False)
+
+
+def _first_failure(folder: str, error: Exception) -> Exception:
+    failed = []
+    for name in os.listdir(folder):
+        if name.startswith("worker-") and name.endswith(".txt"):
+            with open(os.path.join(folder, name)) as f:
+                stamp, _, text = f.read().partition("\n")
+            failed.append((float(stamp), name[len("worker-"):-len(".txt")], text))
+    if not failed:  # killed by a signal: faulthandler printed its stack on stderr
+        return WorkerError(f"{error} (its Python stack, if it aborted in C++, is in "
+                           "the worker's stderr above)")
+    failed.sort()
+    _, rank, text = failed[0]
+    after = "".join(f"\nworker {r} failed after it: {t.strip().splitlines()[-1]}"
+                    for _, r, t in failed[1:])
+    return WorkerError(f"worker {rank} failed first:\n{text.rstrip()}{after}")
 
 
 def _fit_jobs(group: Group, jobs: list[dict]) -> list[RunResult]:
