@@ -30,14 +30,20 @@ def sigint_spy():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_inside_the_block_the_signal_reaches_the_sigint_handler(sigint_spy, sig):
-    before = signal.getsignal(sig)
-    lines = []
-    with signals.as_ctrl_c(lines.append):
-        os.kill(os.getpid(), sig)  # Python runs the handler before the next line
-    assert sigint_spy == [signal.SIGINT]
-    assert lines == [f"[{sig.name}] ending the sweep as Ctrl-C would: running trials "
-                     "checkpoint and stop"]
-    assert signal.getsignal(sig) is before  # put back
+    # a handled signal, whatever this test process was started with: under nohup
+    # SIGHUP arrives ignored, and an ignored SIGHUP is rightly left alone (below)
+    outer = signal.signal(sig, lambda s, f: None)
+    try:
+        before = signal.getsignal(sig)
+        lines = []
+        with signals.as_ctrl_c(lines.append):
+            os.kill(os.getpid(), sig)  # Python runs the handler before the next line
+        assert sigint_spy == [signal.SIGINT]
+        assert lines == [f"[{sig.name}] ending the sweep as Ctrl-C would: running trials "
+                         "checkpoint and stop"]
+        assert signal.getsignal(sig) is before  # put back
+    finally:
+        signal.signal(sig, outer)
 
 
 def test_with_python_s_own_sigint_handler_it_is_a_keyboard_interrupt():
