@@ -14,9 +14,8 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from sal_ray.distributed.launch import WorkerError
 
-from sal_ray.distributed import spawn
+from sal_ray.distributed import WorkerError, spawn
 
 
 def _sum_then_abort_at_exit(group, aborting_rank):

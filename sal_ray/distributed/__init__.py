@@ -13,7 +13,8 @@ loop (`train.fit`) run, so no layout copies the loop.
   (`layer_checkpoint`); `gather_checkpoint` makes a core file of them.
 - `layouts`: `check_layout`, which layout serves which method (no Ray, no layout).
 - `launch`: `fit` (what every worker runs) and `spawn`/`spawn_fit` (N local
-  processes: tests, benchmarks, one multi-GPU box without Ray).
+  processes: tests, benchmarks, one multi-GPU box without Ray; a failing worker
+  is raised as `WorkerError`).
 - `ray_train`: `fit_distributed(..., layout="data"|"layer")`, the same `fit` on
   Ray Train's `TorchTrainer`; what `sal_ray.sweep` calls for a trial that asks
   for more than one worker.
@@ -23,12 +24,12 @@ layout serves which method, and what has been measured where.
 """
 
 from .group import Group
-from .launch import fit, spawn, spawn_fit
+from .launch import WorkerError, fit, spawn, spawn_fit
 from .layer_checkpoint import gather_checkpoint
 from .layouts import check_layout
 
-__all__ = ["Group", "fit", "spawn", "spawn_fit", "gather_checkpoint", "check_layout",
-           "fit_distributed", "DistributedRunResult"]
+__all__ = ["Group", "fit", "spawn", "spawn_fit", "WorkerError", "gather_checkpoint",
+           "check_layout", "fit_distributed", "DistributedRunResult"]
 
 
 def __getattr__(name):

@@ -22,7 +22,7 @@ from ..trainer import Callback, RunResult
 from ..trainer import fit as fit_core
 from . import layer_parallel
 from .data_parallel import DataParallel
-from .group import Group
+from .group import Group, barrier
 from .layouts import check_layout
 
 
@@ -90,7 +90,7 @@ def _worker(rank, world, port, use_gpu, threads, fn, args, out, errors):
     # threads, still holding their last work, can abort the process
     # (SIGABRT, "terminate called without an active exception") after the work
     # is done. That is how a forked multiprocessing child ends too.
-    dist.barrier()
+    barrier(group)
     dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
